@@ -1,0 +1,1 @@
+"""Corpus-wide duplicate detection, run in the select pass on metadata only."""

@@ -1,0 +1,250 @@
+"""``altsieve``: run, ingest, select, reshard, recipes, demo, serve-testcorpus.
+
+Flags override recipe values; every argument this CLI does not know is handed to Beam unchanged
+(``--runner``, ``--direct_num_workers``, ``--direct_running_mode``, ``--project``...), and one that
+Beam does not know either is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+from altsieve import __version__
+from altsieve.pipeline.config import Config, ConfigError, builtin_recipe_names, load_config, parse_override
+
+# Flag -> dotted config field. Each becomes an override applied after the recipe.
+FLAG_FIELDS: dict[str, tuple[str, Any]] = {
+    "url_col": ("input.url_col", str),
+    "caption_col": ("input.caption_col", str),
+    "input_format": ("input.input_format", str),
+    "rows_per_partition": ("input.rows_per_partition", int),
+    "image_size": ("image.image_size", int),
+    "resize_mode": ("image.resize_mode", str),
+    "encode_format": ("image.encode_format", str),
+    "encode_quality": ("image.encode_quality", int),
+    "samples_per_shard": ("output.samples_per_shard", int),
+    "retries": ("download.retries", int),
+    "timeout": ("download.read_timeout_s", float),
+    "concurrency": ("download.concurrency", int),
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("recipe and overrides")
+    group.add_argument("--recipe", default="default", help="built-in recipe name or YAML path (default: default)")
+    group.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override any recipe field, e.g. --set rules.image.min_side=200 (repeatable)")
+    group.add_argument("--url-col", dest="url_col")
+    group.add_argument("--caption-col", dest="caption_col")
+    group.add_argument("--save-additional-columns", dest="save_additional_columns",
+                       help="comma-separated input columns to carry to the output")
+    group.add_argument("--input-format", dest="input_format", choices=["auto", "parquet", "csv", "tsv", "jsonl"])
+    group.add_argument("--rows-per-partition", dest="rows_per_partition", type=int)
+    group.add_argument("--image-size", dest="image_size", type=int)
+    group.add_argument("--resize-mode", dest="resize_mode",
+                       choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"])
+    group.add_argument("--encode-format", dest="encode_format", choices=["jpg", "webp", "png"])
+    group.add_argument("--encode-quality", dest="encode_quality", type=int)
+    group.add_argument("--samples-per-shard", dest="samples_per_shard", type=int)
+    group.add_argument("--retries", type=int)
+    group.add_argument("--timeout", type=float, help="read timeout in seconds")
+    group.add_argument("--concurrency", type=int, help="download threads per worker")
+    group.add_argument("--allow-private-addresses", dest="allow_private_addresses", nargs="*", metavar="CIDR",
+                       help="let the downloader reach these private/loopback networks (no CIDR: all of them). "
+                       "Off by default: URLs come from the web and must not reach your own network")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides: list[dict[str, Any]] = []
+    for flag, (dotted, _) in FLAG_FIELDS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(_nested(dotted, value))
+    if getattr(args, "save_additional_columns", None):
+        columns = [c.strip() for c in args.save_additional_columns.split(",") if c.strip()]
+        overrides.append(_nested("input.save_additional_columns", columns))
+    if getattr(args, "allow_private_addresses", None) is not None:
+        networks = args.allow_private_addresses or ["0.0.0.0/0", "::/0"]
+        overrides.append(_nested("download.allow_private_addresses", networks))
+    overrides.extend(parse_override(item) for item in args.set)
+    return load_config(args.recipe, overrides)
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    parts = dotted.split(".")
+    nested: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        nested = {part: nested}
+    return nested
+
+
+def check_beam_args(beam_args: list[str]) -> None:
+    """Refuse an option neither altsieve nor Beam knows (Beam alone would only log and drop it)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    seen: set[type] = set()
+    pending = list(PipelineOptions.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        pending.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:
+            continue  # an option two subclasses both declare
+    _, unknown = parser.parse_known_args(beam_args)
+    flags = [item for item in unknown if item.startswith("-")]
+    if flags:
+        raise ConfigError(f"unknown option {flags[0]}: not an altsieve flag (see altsieve run --help) nor a Beam option")
+
+
+def _output_config(output: str) -> Config:
+    """The config an earlier pass saved in the output folder, so that later passes agree with it."""
+    import fsspec
+    import yaml
+
+    from altsieve.pipeline import layout
+    from altsieve.transforms import fsutil
+
+    path = layout.meta(output, "config.yaml")
+    if not fsutil.exists(path):
+        raise ConfigError(f"{output} holds no altsieve run ({path} is missing): run `altsieve ingest` or `run` first")
+    with fsspec.open(path, "rt", encoding="utf-8") as handle:
+        return Config.model_validate(yaml.safe_load(handle.read()))
+
+
+def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str], retry_failed: bool = False) -> dict:
+    """The three passes in order, then the reports."""
+    from altsieve.pipeline.ingest import run_ingest
+    from altsieve.pipeline.report import write_reports
+    from altsieve.pipeline.reshard import run_reshard
+    from altsieve.pipeline.select import run_select
+
+    started = time.time()
+    metrics = run_ingest(config, inputs, output, beam_args, retry_failed)
+    run_select(config, output, beam_args)
+    run_reshard(config, output, beam_args)
+    return write_reports(config, output, metrics, started)
+
+
+def _print_summary(output: str) -> None:
+    from altsieve.transforms import fsutil
+
+    import fsspec
+
+    with fsspec.open(fsutil.join(output, "summary.txt"), "rt", encoding="utf-8") as handle:
+        print(handle.read(), end="")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="altsieve", description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"altsieve {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's own log")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    for name, helptext in [("run", "ingest, select and reshard in one go"), ("ingest", "pass 1 alone")]:
+        command = commands.add_parser(name, help=helptext, allow_abbrev=False)
+        command.add_argument("inputs", nargs="+", help="files, folders or globs (local or fsspec URLs)")
+        command.add_argument("--output", "-o", required=True)
+        command.add_argument("--retry-failed", action="store_true",
+                             help="fetch again the pairs that failed for a transient reason (timeouts, 5xx, 429)")
+        _add_config_flags(command)
+    for name, helptext in [("select", "pass 2 alone (metadata only)"), ("reshard", "pass 3 alone")]:
+        command = commands.add_parser(name, help=helptext, allow_abbrev=False)
+        command.add_argument("--output", "-o", required=True)
+    commands.add_parser("recipes", help="list the built-in recipes").add_argument("name", nargs="?",
+                                                                                 help="show one recipe in full")
+    demo = commands.add_parser("demo", help="serve the noisy test corpus on loopback and curate it end to end")
+    demo.add_argument("--output", "-o", default="altsieve-demo")
+    demo.add_argument("--pairs", type=int, default=100)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--recipe", default="default")
+    serve = commands.add_parser("serve-testcorpus", help="serve the noisy test corpus alone")
+    serve.add_argument("--pairs", type=int, default=100)
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--input", default="testcorpus.parquet", help="where to write the URL list (and truth)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args, beam_args)
+    except ConfigError as err:
+        print(f"altsieve: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from altsieve.transforms.read_inputs import InputError
+
+        if isinstance(err, InputError):
+            print(f"altsieve: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
+    if args.command == "recipes":
+        return _recipes(args.name)
+    if args.command == "serve-testcorpus":
+        from altsieve.testcorpus.server import serve_forever_cli
+
+        serve_forever_cli(n_pairs=args.pairs, port=args.port, input_path=args.input, seed=args.seed)
+        return 0
+    check_beam_args(beam_args)
+    if args.command == "demo":
+        from altsieve.pipeline.demo import run_demo
+
+        run_demo(args.output, args.pairs, args.seed, args.recipe, beam_args)
+        _print_summary(args.output)
+        return 0
+    if args.command in ("run", "ingest"):
+        config = config_from_args(args)
+        if args.command == "run":
+            run_all(config, args.inputs, args.output, beam_args, args.retry_failed)
+            _print_summary(args.output)
+        else:
+            from altsieve.pipeline.ingest import run_ingest
+
+            run_ingest(config, args.inputs, args.output, beam_args, args.retry_failed)
+        return 0
+    config = _output_config(args.output)
+    if args.command == "select":
+        from altsieve.pipeline.select import run_select
+
+        run_select(config, args.output, beam_args)
+    else:
+        from altsieve.pipeline.report import write_reports
+        from altsieve.pipeline.reshard import run_reshard
+
+        started = time.time()
+        metrics = run_reshard(config, args.output, beam_args)
+        write_reports(config, args.output, metrics, started)
+        _print_summary(args.output)
+    return 0
+
+
+def _recipes(name: str | None) -> int:
+    from altsieve.pipeline.config import config_to_yaml
+
+    if name:
+        print(config_to_yaml(load_config(name)), end="")
+        return 0
+    for recipe in builtin_recipe_names():
+        config = load_config(recipe)
+        print(f"{recipe:<16} {config.description}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Pass 1, ingest: inputs -> per-partition candidate shards (every row, failures included) + markers."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from altsieve.pipeline import layout
+from altsieve.pipeline.beam_run import Progress, run_pipeline
+from altsieve.pipeline.config import Config, ConfigError, config_to_yaml
+from altsieve.transforms import fsutil
+from altsieve.transforms.caption_rules import CaptionRules
+from altsieve.transforms.decode import Decode
+from altsieve.transforms.download import Download
+from altsieve.transforms.language import LanguageTag
+from altsieve.transforms.read_inputs import InputFile, ReadPartitions, list_input_files, sniff_input
+from altsieve.transforms.write_shards import WriteShards
+
+
+def build_ingest(
+    pipeline: beam.Pipeline, config: Config, files: list[InputFile], output: str, retry_failed: bool = False
+) -> None:
+    source = config.input
+    records = (
+        pipeline
+        | "ReadPartitions" >> ReadPartitions(
+            files, output, source.url_col, source.caption_col, source.save_additional_columns,
+            source.rows_per_partition, retry_failed,
+        )
+        | "CaptionRules" >> CaptionRules(config.rules.caption)
+        | "Download" >> Download(config.download)
+        | "Decode" >> Decode(config.image, config.rules.image)
+        | "LanguageTag" >> LanguageTag(config.language)
+    )
+    _ = records | "WriteShards" >> WriteShards(output, source.save_additional_columns, config.image.encode_format)
+
+
+def check_config_matches(output: str, config: Config) -> None:
+    """A resumed run must use the config that made the partitions already written."""
+    saved_path = layout.meta(output, "config.yaml")
+    current = config_to_yaml(config)
+    if fsutil.exists(saved_path):
+        import fsspec
+
+        with fsspec.open(saved_path, "rt", encoding="utf-8") as handle:
+            saved = handle.read()
+        if saved != current:
+            raise ConfigError(
+                f"output {output} was started with a different config ({saved_path}); resuming would mix "
+                "two configs in one dataset. Use a new --output folder, or rerun with the same recipe and flags."
+            )
+    else:
+        fsutil.write_text(saved_path, current)
+
+
+def run_ingest(
+    config: Config, inputs: list[str], output: str, beam_args: list[str], retry_failed: bool = False
+) -> dict:
+    files = list_input_files(inputs, config.input.input_format)
+    for source in files:
+        sniff_input(source, config.input.url_col, config.input.caption_col)
+    check_config_matches(output, config)
+    fsutil.write_json(layout.meta(output, "inputs.json"), [{"index": f.index, "path": f.path} for f in files])
+    fsutil.makedirs(fsutil.join(output, layout.CANDIDATES_DIR))
+    # Progress counts markers; the total is unknown until the inputs are read, so it grows with them.
+    with Progress(
+        "ingest", total=_estimate_partitions(files, config), count_done=lambda: len(layout.done_partitions(output)),
+        unit_per_item=config.input.rows_per_partition,
+    ):
+        metrics = run_pipeline(lambda p: build_ingest(p, config, files, output, retry_failed), beam_args)
+    fsutil.write_json(layout.meta(output, "ingest_done.json"), {"partitions": layout.done_partitions(output)})
+    return metrics
+
+
+def _estimate_partitions(files: list[InputFile], config: Config) -> int:
+    """Exact for Parquet (row counts are in the footer); for text inputs, one pass over the lines."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    total = 0
+    for source in files:
+        if source.fmt == "parquet":
+            with fsspec.open(source.path, "rb") as handle:
+                rows = pq.ParquetFile(handle).metadata.num_rows
+        else:
+            with fsspec.open(source.path, "rb", compression="infer") as handle:
+                rows = max(sum(1 for _ in handle) - (1 if source.fmt in ("csv", "tsv") else 0), 0)
+        total += -(-rows // config.input.rows_per_partition)
+    return total

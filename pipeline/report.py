@@ -1,0 +1,142 @@
+"""The run's record: ``stats.json`` (the funnel and every reason), ``manifest.json`` and ``summary.txt``.
+
+Counts come from the Parquet files' ``reason`` columns (pyarrow, one column at a time), so they
+hold for any corpus size and agree with what the shards contain.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections import Counter
+from importlib import metadata
+from typing import Any
+
+import fsspec
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from altsieve import __version__
+from altsieve.pipeline import layout
+from altsieve.pipeline.config import Config
+from altsieve.pipeline.reshard import final_shards
+from altsieve.transforms import fsutil
+
+# The funnel's stages in pipeline order, each with the reason-code prefix of what it drops.
+FUNNEL_STAGES: list[tuple[str, str]] = [
+    ("valid input row", "url_"),
+    ("caption rules", "caption_"),
+    ("downloaded", "download_"),
+    ("decoded", "decode_"),
+    ("image rules", "image_"),
+    ("language and text rules", "text_"),
+    ("CLIP rules", "clip_"),
+    ("deduplicated", "duplicate_"),
+]
+VERSIONED_PACKAGES = ["apache-beam", "pyarrow", "pillow", "numpy", "opencv-python-headless", "fasttext-predict"]
+
+
+def _reason_counts(paths: list[str]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for path in paths:
+        with fsspec.open(path, "rb") as handle:
+            column = pq.read_table(handle, columns=["reason"])["reason"]
+        for item in pc.value_counts(column).to_pylist():
+            counts[item["values"] or "kept"] += item["counts"]
+    return counts
+
+
+def funnel(ingest: Counter[str], select: Counter[str]) -> dict[str, Any]:
+    """Stage-by-stage remaining counts from the reason counts of both passes."""
+    total = sum(ingest.values())
+    dropped = Counter({k: v for k, v in ingest.items() if k != "kept"}) + Counter(
+        {k: v for k, v in select.items() if k != "kept"}
+    )
+    remaining = total
+    stages = [{"stage": "input pairs", "remaining": total, "dropped": 0, "reasons": {}}]
+    accounted: set[str] = set()
+    for name, prefix in FUNNEL_STAGES:
+        reasons_here = {k: v for k, v in sorted(dropped.items()) if k.startswith(prefix)}
+        accounted.update(reasons_here)
+        if not reasons_here and prefix not in ("url_", "download_", "decode_"):
+            continue
+        remaining -= sum(reasons_here.values())
+        stages.append({"stage": name, "remaining": remaining, "dropped": sum(reasons_here.values()),
+                       "reasons": reasons_here})
+    other = {k: v for k, v in dropped.items() if k not in accounted}
+    if other:
+        remaining -= sum(other.values())
+        stages.append({"stage": "other rules", "remaining": remaining, "dropped": sum(other.values()),
+                       "reasons": other})
+    for stage in stages:
+        stage["percent_of_input"] = round(100.0 * stage["remaining"] / total, 2) if total else 0.0
+    return {"input_pairs": total, "kept": remaining, "stages": stages}
+
+
+def versions() -> dict[str, str]:
+    found = {"altsieve": __version__, "python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def write_reports(config: Config, output: str, metrics: dict[str, Any], started: float) -> dict[str, Any]:
+    partitions = list(fsutil.read_json(layout.meta(output, "select_done.json"))["partitions"])
+    candidate_files = [layout.candidate_prefix(output, pid) + ".parquet" for pid in partitions]
+    decision_files = [layout.decision_path(output, pid) for pid in partitions]
+    ingest_counts = _reason_counts(candidate_files)
+    select_counts = _reason_counts(decision_files)
+    shards = []
+    for shard in final_shards(output):
+        shard_stats = fsutil.read_json(layout.final_prefix(output, shard) + "_stats.json")
+        shards.append({"shard": shard, "tar": f"{shard:05d}.tar", "parquet": f"{shard:05d}.parquet",
+                       "count": shard_stats["count"]})
+    reason_counts = Counter({k: v for k, v in (ingest_counts + select_counts).items() if k != "kept"})
+    stats = {
+        "funnel": funnel(ingest_counts, select_counts),
+        "reasons": dict(sorted(reason_counts.items())),
+        "output_samples": sum(s["count"] for s in shards),
+        "shards": len(shards),
+        "partitions": len(partitions),
+        "metrics": metrics,
+        "duration_s": round(time.time() - started, 2),
+    }
+    manifest = {
+        "format": "webdataset+parquet",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "recipe": config.name,
+        "config": config.model_dump(mode="json"),
+        "inputs": fsutil.read_json(layout.meta(output, "inputs.json")),
+        "versions": versions(),
+        "samples_per_shard": config.output.samples_per_shard,
+        "total_samples": stats["output_samples"],
+        "shards": shards,
+    }
+    fsutil.write_json(fsutil.join(output, "stats.json"), stats)
+    fsutil.write_json(fsutil.join(output, "manifest.json"), manifest)
+    fsutil.write_text(fsutil.join(output, "summary.txt"), summary_text(output, stats, config))
+    return stats
+
+
+def summary_text(output: str, stats: dict[str, Any], config: Config) -> str:
+    """One screen: the funnel, the reasons, where the shards are."""
+    funnel_data = stats["funnel"]
+    lines = [f"altsieve {__version__}: recipe {config.name!r} -> {output}", ""]
+    lines.append(f"{'stage':<26}{'remaining':>12}{'% of input':>12}{'dropped':>10}")
+    for stage in funnel_data["stages"]:
+        lines.append(
+            f"{stage['stage']:<26}{stage['remaining']:>12}{stage['percent_of_input']:>11.1f}%{stage['dropped']:>10}"
+        )
+    lines += ["", "drop reasons:"]
+    for reason, count in sorted(stats["reasons"].items(), key=lambda item: (-item[1], item[0])):
+        lines.append(f"  {reason:<32}{count:>10}")
+    lines += [
+        "",
+        f"{stats['output_samples']} pairs kept in {stats['shards']} shards "
+        f"({config.output.samples_per_shard} per shard), in {stats['duration_s']} s",
+        "every row and its reason: _candidates/*.parquet (ingest) and _decisions/*.parquet (select)",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""Pass 3, reshard: candidates + decisions -> final shards of exactly ``samples_per_shard`` pairs.
+
+Kept pairs are numbered in key order across the whole corpus from per-partition counts (one
+integer per partition crosses the shuffle, not the keys); each final shard is a list of segments
+(partition, first, last kept index) and is written by reading those rows and images straight from
+the candidate files, so image bytes are read once and never shuffled.
+"""
+
+from __future__ import annotations
+
+import time
+from itertools import accumulate
+from typing import Any
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+
+from altsieve.pipeline import layout
+from altsieve.pipeline.beam_run import run_pipeline
+from altsieve.pipeline.config import Config, ConfigError
+from altsieve.transforms import fsutil
+from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
+
+Segment = tuple[str, int, int]  # partition_id, first and one-past-last index among its kept pairs
+
+
+def kept_keys(output: str, partition_id: str) -> list[str]:
+    import fsspec
+
+    with fsspec.open(layout.decision_path(output, partition_id), "rb") as handle:
+        table = pq.read_table(handle, columns=["key", "reason"])
+    return sorted(k for k, r in zip(table["key"].to_pylist(), table["reason"].to_pylist(), strict=True) if r is None)
+
+
+def plan_segments(counts: dict[str, int], samples_per_shard: int) -> dict[int, list[Segment]]:
+    """Final shard index -> its segments, from the kept count of each partition (in partition order)."""
+    order = sorted(counts)
+    starts = [0, *accumulate(counts[pid] for pid in order)]
+    shards: dict[int, list[Segment]] = {}
+    for pid, start in zip(order, starts, strict=False):
+        position, end = start, start + counts[pid]
+        while position < end:
+            shard = position // samples_per_shard
+            stop = min(end, (shard + 1) * samples_per_shard)
+            shards.setdefault(shard, []).append((pid, position - start, stop - start))
+            position = stop
+    return shards
+
+
+class _WriteFinalShard(beam.DoFn):
+    def __init__(self, output: str, extra_columns: list[str], encode_format: str) -> None:
+        self._output, self._extra, self._format = output, extra_columns, encode_format
+
+    def process(self, element: tuple[int, list[Segment]]):
+        shard, segments = element
+        segments = sorted(segments)
+        prefix = layout.final_prefix(self._output, shard)
+        plan = [list(s) for s in segments]
+        stats_path = f"{prefix}_stats.json"
+        if fsutil.exists(stats_path) and fsutil.read_json(stats_path).get("segments") == plan:
+            yield shard, fsutil.read_json(stats_path)  # written by an earlier run from the same plan
+            return
+        started = time.time()
+        records: list[dict[str, Any]] = []
+        for partition_id, first, last in segments:
+            wanted = set(kept_keys(self._output, partition_id)[first:last])
+            candidate = layout.candidate_prefix(self._output, partition_id)
+            rows = [r for r in read_parquet_rows(f"{candidate}.parquet") if r["key"] in wanted]
+            images = dict(iter_tar_images(f"{candidate}.tar", wanted))
+            for record in rows_to_records(rows, self._extra):
+                record["image"] = images.get(record["key"])
+                if record["image"] is None:
+                    raise RuntimeError(f"candidate shard {candidate}.tar lacks the image of kept pair {record['key']}")
+                records.append(record)
+        stats = write_shard(prefix, records, self._extra, self._format, started, {"shard": shard, "segments": plan})
+        yield shard, stats
+
+
+def build_reshard(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str]) -> None:
+    samples = config.output.samples_per_shard
+    counts = (
+        pipeline
+        | "Partitions" >> beam.Create(partitions)
+        | "CountKept" >> beam.Map(lambda pid: (pid, len(kept_keys(output, pid))))
+        | "AllCounts" >> beam.combiners.ToDict()
+    )
+    _ = (
+        counts
+        | "RecordPlan" >> beam.Map(lambda c: _record_plan(output, c, samples))
+        | "PlanShards" >> beam.FlatMap(lambda c: sorted(plan_segments(c, samples).items()))
+        | "Spread" >> beam.Reshuffle()
+        | "WriteShards" >> beam.ParDo(
+            _WriteFinalShard(output, config.input.save_additional_columns, config.image.encode_format)
+        )
+    )
+
+
+def _record_plan(output: str, counts: dict[str, int], samples_per_shard: int) -> dict[str, int]:
+    plan = plan_segments(counts, samples_per_shard)
+    fsutil.write_json(layout.meta(output, "reshard_plan.json"), {"shards": len(plan), "kept": sum(counts.values())})
+    return counts
+
+
+def run_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
+    done_path = layout.meta(output, "select_done.json")
+    if not fsutil.exists(done_path):
+        raise ConfigError(f"{output} has no finished select pass ({done_path} is missing): run `altsieve select` first")
+    partitions = list(fsutil.read_json(done_path)["partitions"])
+    metrics = run_pipeline(lambda p: build_reshard(p, config, output, partitions), beam_args)
+    _remove_stale_shards(output, int(fsutil.read_json(layout.meta(output, "reshard_plan.json"))["shards"]))
+    return metrics
+
+
+def final_shards(output: str) -> list[int]:
+    stats = fsutil.glob(fsutil.join(output, "[0-9]" * 5 + "_stats.json"))
+    return sorted(int(path.rsplit("/", 1)[-1][:5]) for path in stats)
+
+
+def _remove_stale_shards(output: str, expected: int) -> None:
+    """Shards left by an earlier run that planned more of them than this one did."""
+    for shard in final_shards(output):
+        if shard >= expected:
+            prefix = layout.final_prefix(output, shard)
+            for suffix in (".tar", ".parquet", "_stats.json"):
+                fs, path = fsutil.filesystem(prefix + suffix)
+                if fs.exists(path):
+                    fs.rm(path)

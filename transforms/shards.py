@@ -1,0 +1,168 @@
+"""Shard files: ``{name}.tar`` (webdataset), ``{name}.parquet`` (every row) and ``{name}_stats.json``.
+
+The Parquet columns are a superset of img2dataset's (key, url, caption, status, error_message,
+width, height, original_width, original_height, exif, sha256), so tools that read img2dataset
+output read ours unchanged. Additional input columns are stored as strings under their own names.
+The tar holds ``{key}.{jpg|webp|png}``, ``{key}.txt`` (the caption) and ``{key}.json`` (the row
+without bulky fields): what webdataset and open_clip's loader expect.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from altsieve import reasons
+from altsieve.transforms import fsutil
+
+# Fields of a record and their Arrow types; the order is the Parquet column order.
+COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("key", pa.string()),
+    ("partition_id", pa.string()),
+    ("url", pa.string()),
+    ("caption", pa.string()),
+    ("status", pa.string()),
+    ("reason", pa.string()),
+    ("error_message", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("original_width", pa.int32()),
+    ("original_height", pa.int32()),
+    ("exif", pa.string()),
+    ("sha256", pa.string()),
+    ("phash", pa.int64()),
+    ("bytes", pa.int64()),
+    ("http_status", pa.int32()),
+    ("final_url", pa.string()),
+    ("original_format", pa.string()),
+    ("language", pa.string()),
+    ("language_score", pa.float32()),
+    ("duplicate_of", pa.string()),
+]
+COLUMN_NAMES = [name for name, _ in COLUMNS]
+# Fields that stay out of each sample's .json (the image itself, internal bookkeeping).
+_NOT_IN_JSON = {"image", "body", "extra", "partition_id"}
+EXTENSIONS = {"jpg": "jpg", "webp": "webp", "png": "png"}
+
+
+def schema(extra_columns: Iterable[str]) -> pa.Schema:
+    fields = [pa.field(name, dtype) for name, dtype in COLUMNS]
+    fields += [pa.field(name, pa.string()) for name in extra_columns if name not in COLUMN_NAMES]
+    return pa.schema(fields)
+
+
+def to_table(records: list[dict[str, Any]], extra_columns: list[str]) -> pa.Table:
+    """Records as an Arrow table with the fixed schema; ``status`` follows from ``reason``."""
+    columns: dict[str, list[Any]] = {name: [] for name in COLUMN_NAMES}
+    extras: dict[str, list[Any]] = {name: [] for name in extra_columns if name not in COLUMN_NAMES}
+    for record in records:
+        for name in COLUMN_NAMES:
+            columns[name].append(record.get(name))
+        columns["status"][-1] = reasons.status_for(record.get("reason"))
+        extra = record.get("extra") or {}
+        for name in extras:
+            extras[name].append(extra.get(name))
+    return pa.table({**columns, **extras}, schema=schema(extra_columns))
+
+
+def sample_json(record: dict[str, Any]) -> bytes:
+    data = {k: v for k, v in record.items() if k not in _NOT_IN_JSON}
+    data["status"] = reasons.status_for(record.get("reason"))
+    data.update(record.get("extra") or {})
+    return json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+
+def _add_member(tar: tarfile.TarFile, name: str, payload: bytes, mtime: float) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mtime = int(mtime)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def write_tar(handle: IO[bytes], records: Iterable[dict[str, Any]], encode_format: str) -> int:
+    """Write the samples that have an image; returns how many."""
+    extension = EXTENSIONS[encode_format]
+    count = 0
+    # A fixed mtime keeps reruns byte-identical.
+    mtime = 0.0
+    with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for record in records:
+            image = record.get("image")
+            if image is None or record.get("reason") is not None:
+                continue
+            key = record["key"]
+            _add_member(tar, f"{key}.{extension}", image, mtime)
+            _add_member(tar, f"{key}.txt", (record.get("caption") or "").encode("utf-8"), mtime)
+            _add_member(tar, f"{key}.json", sample_json(record), mtime)
+            count += 1
+    return count
+
+
+def shard_stats(records: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    reason_counts = Counter(record.get("reason") or "kept" for record in records)
+    status_counts = Counter(reasons.status_for(record.get("reason")) for record in records)
+    return {
+        "count": len(records),
+        "successes": status_counts.get(reasons.STATUS_SUCCESS, 0),
+        "failed_to_download": status_counts.get(reasons.STATUS_FAILED_TO_DOWNLOAD, 0),
+        "failed_to_resize": status_counts.get(reasons.STATUS_FAILED_TO_RESIZE, 0),
+        "filtered": status_counts.get(reasons.STATUS_FILTERED, 0),
+        "reasons": dict(sorted(reason_counts.items())),
+        "bytes_fetched": sum(int(record.get("bytes") or 0) for record in records),
+        "duration_s": round(time.time() - started, 3),
+    }
+
+
+def write_shard(
+    prefix: str,
+    records: list[dict[str, Any]],
+    extra_columns: list[str],
+    encode_format: str,
+    started: float,
+    extra_stats: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``prefix.tar``, ``prefix.parquet`` and ``prefix_stats.json``, each atomically, in that order."""
+    records = sorted(records, key=lambda record: record["key"])
+    fsutil.write_atomic(f"{prefix}.tar", lambda handle: write_tar(handle, records, encode_format))
+    table = to_table(records, extra_columns)
+    fsutil.write_atomic(f"{prefix}.parquet", lambda handle: pq.write_table(table, handle, compression="zstd"))
+    stats = shard_stats(records, started)
+    stats.update(extra_stats or {})
+    fsutil.write_json(f"{prefix}_stats.json", stats)
+    return stats
+
+
+def read_parquet_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    with fsspec.open(path, "rb") as handle:
+        return pq.read_table(handle, columns=columns).to_pylist()
+
+
+def iter_tar_images(path: str, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
+    """``(key, image bytes)`` for the wanted keys of a shard tar, streamed."""
+    with fsspec.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+        for member in tar:
+            key, _, extension = member.name.rpartition(".")
+            if key in wanted and extension in EXTENSIONS.values():
+                extracted = tar.extractfile(member)
+                if extracted is not None:
+                    yield key, extracted.read()
+
+
+def rows_to_records(rows: list[dict[str, Any]], extra_columns: list[str]) -> list[dict[str, Any]]:
+    """Parquet rows back into records (extra columns folded under ``extra``)."""
+    records = []
+    for row in rows:
+        record = {name: row.get(name) for name in COLUMN_NAMES}
+        record["extra"] = {name: row.get(name) for name in extra_columns}
+        records.append(record)
+    return records
