@@ -102,7 +102,9 @@ def check_beam_args(beam_args: list[str]) -> None:
     _, unknown = parser.parse_known_args(beam_args)
     flags = [item for item in unknown if item.startswith("-")]
     if flags:
-        raise ConfigError(f"unknown option {flags[0]}: not an altsieve flag (see altsieve run --help) nor a Beam option")
+        raise ConfigError(
+            f"unknown option {flags[0]}: not an altsieve flag (see altsieve run --help) nor a Beam option"
+        )
 
 
 def _output_config(output: str) -> Config:
@@ -135,9 +137,9 @@ def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str]
 
 
 def _print_summary(output: str) -> None:
-    from altsieve.transforms import fsutil
-
     import fsspec
+
+    from altsieve.transforms import fsutil
 
     with fsspec.open(fsutil.join(output, "summary.txt"), "rt", encoding="utf-8") as handle:
         print(handle.read(), end="")
@@ -177,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+    # Beam's optional-dependency warnings (apitools, bigquery) are noise to a user of the DirectRunner.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("altsieve").setLevel(logging.INFO)
     try:
         return _dispatch(args, beam_args)
     except ConfigError as err:
@@ -201,12 +205,14 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
 
         serve_forever_cli(n_pairs=args.pairs, port=args.port, input_path=args.input, seed=args.seed)
         return 0
+    from altsieve.transforms import fsutil
+
     check_beam_args(beam_args)
     if args.command == "demo":
         from altsieve.pipeline.demo import run_demo
 
         run_demo(args.output, args.pairs, args.seed, args.recipe, beam_args)
-        _print_summary(args.output)
+        _print_summary(fsutil.join(args.output, "dataset"))
         return 0
     if args.command in ("run", "ingest"):
         config = config_from_args(args)

@@ -18,10 +18,11 @@ class _ApplyCaptionRules(beam.DoFn):
         self._rules = caption_rules(self._config)
 
     def process(self, partition: Partition):
-        for row in partition.rows:
-            if row.get("reason") is None:
-                row["reason"] = first_reason(self._rules, row)
-        yield partition
+        rows = [
+            row if row.get("reason") is not None else {**row, "reason": first_reason(self._rules, row)}
+            for row in partition.rows
+        ]
+        yield Partition(partition.partition_id, partition.source, rows)
 
 
 class CaptionRules(beam.PTransform):

@@ -57,8 +57,11 @@ class _DownloadPartition(beam.DoFn):
     def process(self, partition: Partition) -> Iterator[dict[str, Any]]:
         assert self._fetcher is not None
         to_fetch = []
-        for record in partition.rows:
+        for row in partition.rows:
+            record = dict(row)  # Beam inputs must not be mutated
             record["partition_id"] = partition.partition_id
+            # WriteShards writes the partition when this many records of it have arrived.
+            record["partition_size"] = len(partition.rows)
             if record.get("reason") is None:
                 to_fetch.append((record, record["url"]))
             else:
@@ -76,7 +79,6 @@ class _DownloadPartition(beam.DoFn):
             self._fetched.inc()
             self._latency.update(int(result.elapsed_s * 1000))
             yield record
-        partition.rows = []  # the records now travel on their own
 
 
 class Download(beam.PTransform):

@@ -36,7 +36,8 @@ def makedirs(path: str) -> None:
 
 
 def glob(pattern: str) -> list[str]:
-    fs, _, paths = fsspec.get_fs_token_paths(pattern)
+    fs, _, _ = fsspec.get_fs_token_paths(pattern)
+    paths = fs.glob(fs._strip_protocol(pattern))
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if protocol in ("file", "local"):
         return sorted(paths)

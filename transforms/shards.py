@@ -50,7 +50,7 @@ COLUMNS: list[tuple[str, pa.DataType]] = [
 ]
 COLUMN_NAMES = [name for name, _ in COLUMNS]
 # Fields that stay out of each sample's .json (the image itself, internal bookkeeping).
-_NOT_IN_JSON = {"image", "body", "extra", "partition_id"}
+_NOT_IN_JSON = {"image", "body", "extra", "partition_id", "partition_size"}
 EXTENSIONS = {"jpg": "jpg", "webp": "webp", "png": "png"}
 
 

@@ -1,4 +1,11 @@
-"""WriteShards: group a partition's records and write its candidate shard, then its completion marker.
+"""WriteShards: collect a partition's records and write its candidate shard, then its completion marker.
+
+No GroupByKey stands between Download and this stage: a partition's records are produced by one
+``Download.process`` call and flow through the fused stages in the same bundle, so this DoFn sees
+all of them in a row and writes the partition the moment its last record arrives. A killed run
+thus loses only the partitions in flight, never the finished ones (a GroupByKey would be a barrier
+that holds every partition until all are fetched). Should a runner ever split a partition across
+bundles, ``finish_bundle`` fails the bundle instead of writing a partial shard.
 
 The marker is written last, after the tar, Parquet and stats are in place (each atomically), so a
 partition with a marker is complete and a rerun skips it. A partition fetched again with
@@ -52,10 +59,25 @@ class _WriteCandidate(beam.DoFn):
         self._partitions = Metrics.counter("altsieve", "partitions_written")
         self._bytes_written = Metrics.counter("altsieve", "bytes_written")
 
-    def process(self, element: tuple[str, Any]):
-        partition_id, grouped = element
-        started = time.time()
-        records = list(grouped)
+    def start_bundle(self) -> None:
+        self._pending: dict[str, list[dict[str, Any]]] = {}
+        self._started: dict[str, float] = {}
+
+    def process(self, record: dict[str, Any]):
+        partition_id = record["partition_id"]
+        records = self._pending.setdefault(partition_id, [])
+        self._started.setdefault(partition_id, time.time())
+        records.append(record)
+        if len(records) == record["partition_size"]:
+            del self._pending[partition_id]
+            yield self._write(partition_id, records, self._started.pop(partition_id))
+
+    def finish_bundle(self) -> None:
+        if self._pending:
+            incomplete = ", ".join(f"{pid} ({len(rows)} records)" for pid, rows in self._pending.items())
+            raise RuntimeError(f"bundle ended before these partitions were complete: {incomplete}")
+
+    def _write(self, partition_id: str, records: list[dict[str, Any]], started: float) -> tuple[str, dict[str, Any]]:
         prefix = candidate_prefix(self._output, partition_id)
         marker = marker_path(self._output, partition_id)
         attempts = 1
@@ -68,7 +90,7 @@ class _WriteCandidate(beam.DoFn):
         stats = write_shard(prefix, records, self._extra, self._format, started, {"partition_id": partition_id})
         fsutil.write_json(marker, {"partition_id": partition_id, "attempts": attempts, **stats})
         self._partitions.inc()
-        yield partition_id, stats
+        return partition_id, stats
 
 
 class WriteShards(beam.PTransform):
@@ -79,9 +101,4 @@ class WriteShards(beam.PTransform):
         self._output, self._extra, self._format = output, extra_columns, encode_format
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        return (
-            records
-            | "KeyByPartition" >> beam.Map(lambda record: (record["partition_id"], record))
-            | "GroupByPartition" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(_WriteCandidate(self._output, self._extra, self._format))
-        )
+        return records | "Write" >> beam.ParDo(_WriteCandidate(self._output, self._extra, self._format))
