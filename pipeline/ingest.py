@@ -34,22 +34,33 @@ def build_ingest(
     _ = records | "WriteShards" >> WriteShards(output, source.save_additional_columns, config.image.encode_format)
 
 
+# Sections that decide what a partition's shard holds. Download settings (timeouts, retries,
+# concurrency) may change between a run and its resumption: they change how, not what.
+CONTENT_SECTIONS = {"input", "image", "rules", "language", "dedup", "output"}
+
+
 def check_config_matches(output: str, config: Config) -> None:
-    """A resumed run must use the config that made the partitions already written."""
+    """A resumed run must use the content settings that made the partitions already written."""
     saved_path = layout.meta(output, "config.yaml")
-    current = config_to_yaml(config)
     if fsutil.exists(saved_path):
         import fsspec
+        import yaml
 
         with fsspec.open(saved_path, "rt", encoding="utf-8") as handle:
-            saved = handle.read()
-        if saved != current:
+            saved = yaml.safe_load(handle.read()) or {}
+        current = config.model_dump(mode="json")
+        changed = sorted(
+            f"{section}.{field}"
+            for section in CONTENT_SECTIONS
+            for field in set(saved.get(section, {})) | set(current.get(section, {}))
+            if saved.get(section, {}).get(field) != current.get(section, {}).get(field)
+        )
+        if changed:
             raise ConfigError(
-                f"output {output} was started with a different config ({saved_path}); resuming would mix "
-                "two configs in one dataset. Use a new --output folder, or rerun with the same recipe and flags."
+                f"output {output} was started with other settings ({saved_path}): {', '.join(changed)} differ. "
+                "Resuming would mix two configs in one dataset: use a new --output folder, or the same settings."
             )
-    else:
-        fsutil.write_text(saved_path, current)
+    fsutil.write_text(saved_path, config_to_yaml(config))
 
 
 def run_ingest(

@@ -8,6 +8,7 @@ the candidate files, so image bytes are read once and never shuffled.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from itertools import accumulate
 from typing import Any
@@ -55,15 +56,23 @@ class _WriteFinalShard(beam.DoFn):
         shard, segments = element
         segments = sorted(segments)
         prefix = layout.final_prefix(self._output, shard)
-        plan = [list(s) for s in segments]
+        wanted_by_partition = {
+            pid: kept_keys(self._output, pid)[first:last] for pid, first, last in segments
+        }
+        # The shard's identity is the keys it holds: a retry run that turned a failure into a kept
+        # pair changes them even when the segment bounds stay the same.
+        identity = hashlib.sha256("\n".join(k for keys in wanted_by_partition.values() for k in keys).encode())
+        plan = {"segments": [list(s) for s in segments], "keys_sha256": identity.hexdigest()}
         stats_path = f"{prefix}_stats.json"
-        if fsutil.exists(stats_path) and fsutil.read_json(stats_path).get("segments") == plan:
-            yield shard, fsutil.read_json(stats_path)  # written by an earlier run from the same plan
-            return
+        if fsutil.exists(stats_path):
+            existing = fsutil.read_json(stats_path)
+            if existing.get("plan") == plan:
+                yield shard, existing  # written by an earlier run from the same plan
+                return
         started = time.time()
         records: list[dict[str, Any]] = []
-        for partition_id, first, last in segments:
-            wanted = set(kept_keys(self._output, partition_id)[first:last])
+        for partition_id, wanted_keys in wanted_by_partition.items():
+            wanted = set(wanted_keys)
             candidate = layout.candidate_prefix(self._output, partition_id)
             rows = [r for r in read_parquet_rows(f"{candidate}.parquet") if r["key"] in wanted]
             images = dict(iter_tar_images(f"{candidate}.tar", wanted))
@@ -72,7 +81,7 @@ class _WriteFinalShard(beam.DoFn):
                 if record["image"] is None:
                     raise RuntimeError(f"candidate shard {candidate}.tar lacks the image of kept pair {record['key']}")
                 records.append(record)
-        stats = write_shard(prefix, records, self._extra, self._format, started, {"shard": shard, "segments": plan})
+        stats = write_shard(prefix, records, self._extra, self._format, started, {"shard": shard, "plan": plan})
         yield shard, stats
 
 

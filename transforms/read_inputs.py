@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import apache_beam as beam
 import fsspec
@@ -24,7 +25,9 @@ from altsieve import reasons
 from altsieve.transforms import fsutil
 
 TEXT_FORMATS = {"csv": ",", "tsv": "\t"}
-SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
+SUFFIXES = {
+    ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
+}
 
 
 class InputError(ValueError):
@@ -200,7 +203,24 @@ def _normalise_row(
     record["extra"] = {c: None if row.get(c) is None else str(row.get(c)) for c in extra_cols}
     if not record["url"]:
         record["reason"], record["error_message"] = reasons.URL_MISSING, f"empty {url_col!r}"
+    else:
+        record["reason"] = url_reason(record["url"])
+        if record["reason"] is not None:
+            record["error_message"] = f"not an http(s) URL: {record['url'][:200]!r}"
     return record
+
+
+def url_reason(url: str) -> str | None:
+    """Reject, without any network, what is not an absolute http(s) URL."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return reasons.URL_INVALID
+    if not parts.scheme or not parts.netloc:
+        return reasons.URL_INVALID
+    if parts.scheme.lower() not in ("http", "https"):
+        return reasons.URL_SCHEME_NOT_ALLOWED
+    return None
 
 
 def iter_partitions(
