@@ -12,7 +12,7 @@ from altsieve.transforms.caption_rules import CaptionRules
 from altsieve.transforms.decode import Decode
 from altsieve.transforms.download import Download
 from altsieve.transforms.language import LanguageTag
-from altsieve.transforms.read_inputs import InputFile, ReadPartitions, list_input_files, sniff_input
+from altsieve.transforms.read_inputs import InputFile, ReadPartitions, iter_rows, list_input_files, sniff_input
 from altsieve.transforms.write_shards import WriteShards
 
 
@@ -89,9 +89,11 @@ def _estimate_partitions(files: list[InputFile], config: Config) -> int:
 
     total = 0
     for source in files:
-        if source.fmt == "parquet":
+        if source.fmt == "parquet" and not source.path.lower().endswith(".gz"):
             with fsspec.open(source.path, "rb") as handle:
                 rows = pq.ParquetFile(handle).metadata.num_rows
+        elif source.fmt == "parquet":
+            rows = sum(1 for _ in iter_rows(source, config.input.url_col, config.input.caption_col, []))
         else:
             with fsspec.open(source.path, "rb", compression="infer") as handle:
                 rows = max(sum(1 for _ in handle) - (1 if source.fmt in ("csv", "tsv") else 0), 0)

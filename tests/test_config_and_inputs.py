@@ -96,7 +96,13 @@ ROWS = [{"url": f"http://example.com/{i}.jpg", "caption": f"caption {i}", "sourc
 
 def _write(path, fmt: str) -> None:
     if fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(ROWS), path, row_group_size=3)
+        if str(path).endswith(".gz"):
+            plain = path.with_suffix("")
+            pq.write_table(pa.Table.from_pylist(ROWS), plain, row_group_size=3)
+            path.write_bytes(gzip.compress(plain.read_bytes()))
+            plain.unlink()
+        else:
+            pq.write_table(pa.Table.from_pylist(ROWS), path, row_group_size=3)
         return
     if fmt == "jsonl":
         text = "".join(json.dumps(row) + "\n" for row in ROWS)
@@ -110,7 +116,9 @@ def _write(path, fmt: str) -> None:
         path.write_text(text, encoding="utf-8")
 
 
-@pytest.mark.parametrize("name", ["in.parquet", "in.csv", "in.tsv.gz", "in.jsonl", "in.jsonl.gz", "in.csv.gz"])
+@pytest.mark.parametrize(
+    "name", ["in.parquet", "in.parquet.gz", "in.csv", "in.tsv.gz", "in.jsonl", "in.jsonl.gz", "in.csv.gz"]
+)
 def test_every_format_reads_into_stable_partitions(tmp_path, name) -> None:
     path = tmp_path / name
     _write(path, name.split(".")[1])

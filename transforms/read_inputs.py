@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,16 +118,34 @@ def _check_columns(path: str, available: list[str], needed: list[str]) -> None:
 
 
 def _iter_parquet(path: str, needed: list[str], optional: list[str], batch_rows: int) -> Iterator[dict[str, Any]]:
+    if path.lower().endswith(".gz"):
+        yield from _iter_gzipped_parquet(path, needed, optional, batch_rows)
+        return
     with fsspec.open(path, "rb") as handle:
-        try:
-            parquet = pq.ParquetFile(handle)
-        except Exception as err:  # pyarrow raises several types for a non-Parquet file
-            raise InputError(f"input {path}: not a readable Parquet file ({err})") from err
-        names = parquet.schema_arrow.names
-        _check_columns(path, names, needed)
-        columns = needed + [c for c in optional if c in names]
-        for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
-            yield from batch.to_pylist()
+        yield from _iter_parquet_handle(path, handle, needed, optional, batch_rows)
+
+
+def _iter_gzipped_parquet(path: str, needed: list[str], optional: list[str], batch_rows: int) -> Iterator[dict]:
+    """Parquet needs random access, which a gzip stream lacks: inflate to a local temporary file first."""
+    with tempfile.TemporaryFile() as local:
+        with fsspec.open(path, "rb", compression="gzip") as handle:
+            shutil.copyfileobj(handle, local, length=1 << 20)
+        local.seek(0)
+        yield from _iter_parquet_handle(path, local, needed, optional, batch_rows)
+
+
+def _iter_parquet_handle(
+    path: str, handle: Any, needed: list[str], optional: list[str], batch_rows: int
+) -> Iterator[dict[str, Any]]:
+    try:
+        parquet = pq.ParquetFile(handle)
+    except Exception as err:  # pyarrow raises several types for a non-Parquet file
+        raise InputError(f"input {path}: not a readable Parquet file ({err})") from err
+    names = parquet.schema_arrow.names
+    _check_columns(path, names, needed)
+    columns = needed + [c for c in optional if c in names]
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+        yield from batch.to_pylist()
 
 
 def _iter_delimited(path: str, delimiter: str, needed: list[str]) -> Iterator[dict[str, Any]]:

@@ -125,6 +125,12 @@ class _HTTPServer(ThreadingHTTPServer):
             self._open.discard(request)
         super().shutdown_request(request)
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Clients that give up (timeouts, stalled responses) reset their connections: expected here.
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionError, TimeoutError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
     def close_open_connections(self) -> None:
         with self._open_lock:
             sockets = list(self._open)
