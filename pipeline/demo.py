@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import fsspec
 import pyarrow.parquet as pq
 
 from altsieve.pipeline.config import Config, load_config
@@ -48,4 +49,8 @@ def run_demo(output: str, pairs: int, seed: int, recipe: str, beam_args: list[st
         corpus.write_input(input_path, server.base_url)
         truth = corpus.truth_table()
         fsutil.write_atomic(fsutil.join(output, "truth.parquet"), lambda handle: pq.write_table(truth, handle))
-        return run_all(config, [input_path], fsutil.join(output, "dataset"), beam_args)
+        stats = run_all(config, [input_path], fsutil.join(output, "dataset"), beam_args)
+    # The one-screen summary also at the top of the demo folder, beside input and truth.
+    with fsspec.open(fsutil.join(output, "dataset", "summary.txt"), "rt", encoding="utf-8") as handle:
+        fsutil.write_text(fsutil.join(output, "summary.txt"), handle.read())
+    return stats
