@@ -12,27 +12,28 @@ from collections.abc import Iterable, Iterator
 import apache_beam as beam
 
 from altsieve import reasons
-
-# (partition_id, (key, reason or None, duplicate_of or None))
-Decision = tuple[str, tuple[str, str | None, str | None]]
+from altsieve.filters.corpus import CorpusRule, Drop
 
 
-def decide_group(members: Iterable[tuple[str, str]]) -> Iterator[Decision]:
-    """``members`` are ``(key, partition_id)`` sharing one hash: the smallest key stays."""
+def drop_all_but_smallest(members: Iterable[tuple[str, str]], reason: str) -> Iterator[Drop]:
+    """``members`` are ``(key, partition_id)`` sharing one value: all but the smallest key are dropped."""
     ordered = sorted(members)
     keeper = ordered[0][0]
-    yield ordered[0][1], (keeper, None, None)
     for key, partition_id in ordered[1:]:
-        yield partition_id, (key, reasons.DUPLICATE_SHA256, keeper)
+        yield partition_id, (key, reason, keeper)
 
 
-class ExactDuplicateFilter(beam.PTransform):
-    """``PCollection[row with key, partition_id, sha256]`` -> decisions keyed by partition."""
+class ExactDuplicateFilter(CorpusRule):
+    """Rows with ``sha256`` -> the drops of every exact duplicate but the smallest key."""
+
+    columns = ("key", "partition_id", "sha256")
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         return (
             rows
             | "KeyBySha256" >> beam.Map(lambda row: (row["sha256"], (row["key"], row["partition_id"])))
             | "GroupBySha256" >> beam.GroupByKey()
-            | "KeepSmallestKey" >> beam.FlatMap(lambda element: decide_group(element[1]))
+            | "KeepSmallestKey" >> beam.FlatMap(
+                lambda element: drop_all_but_smallest(element[1], reasons.DUPLICATE_SHA256)
+            )
         )

@@ -1,8 +1,9 @@
 """Pass 2, select: metadata only. Corpus-wide rules give one decision per passing pair.
 
-Reads the candidate Parquet files (never the tars), runs the corpus-wide rules as Beam
-transforms keyed by hash, and writes ``_decisions/{partition}.parquet``: ``key``, ``reason``
-(``None`` = kept) and ``duplicate_of`` for every pair that passed ingest.
+Reads the candidate Parquet files (never the tars), runs the corpus-wide rules (``CorpusRule``,
+each a Beam transform keyed by hash, each seeing what the earlier ones kept), and writes
+``_decisions/{partition}.parquet``: ``key``, ``reason`` (``None`` = kept) and ``duplicate_of`` for
+every pair that passed ingest.
 """
 
 from __future__ import annotations
@@ -14,19 +15,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from altsieve.dedup.exact import ExactDuplicateFilter
+from altsieve.filters.corpus import CorpusRule
 from altsieve.pipeline import layout
 from altsieve.pipeline.beam_run import run_pipeline
 from altsieve.pipeline.config import Config, ConfigError
 from altsieve.transforms import fsutil
-from altsieve.transforms.shards import read_parquet_rows
 
 DECISION_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string()), ("duplicate_of", pa.string())])
-SELECT_COLUMNS = ["key", "partition_id", "reason", "sha256", "url", "caption"]
+# Always read: what the select pass itself needs to route rows and decisions.
+BASE_COLUMNS = ("key", "partition_id", "reason")
 
 
-def _passing_rows(output: str, partition_id: str) -> list[dict[str, Any]]:
+def corpus_rules(config: Config) -> list[tuple[str, CorpusRule]]:
+    """The corpus-wide rules a config switches on, in the order they see the corpus.
+
+    Each rule sees only what the rules before it kept. New rules go here, in funnel order.
+    """
+    rules: list[tuple[str, CorpusRule]] = []
+    if config.dedup.exact_sha256:
+        rules.append(("ExactDuplicates", ExactDuplicateFilter()))
+    return rules
+
+
+def _passing_rows(output: str, partition_id: str, columns: list[str]) -> list[dict[str, Any]]:
+    """The metadata of a partition's pairs that passed ingest (only the columns the rules need)."""
+    import fsspec
+
     prefix = layout.candidate_prefix(output, partition_id)
-    return [row for row in read_parquet_rows(f"{prefix}.parquet", SELECT_COLUMNS) if row["reason"] is None]
+    with fsspec.open(f"{prefix}.parquet", "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        present = [c for c in columns if c in parquet.schema_arrow.names]
+        rows = parquet.read(columns=present).to_pylist()
+    return [row for row in rows if row["reason"] is None]
 
 
 def _write_decisions(output: str, element: tuple[str, Any]) -> str:
@@ -44,17 +64,44 @@ def _write_decisions(output: str, element: tuple[str, Any]) -> str:
     return partition_id
 
 
+def _survivors(rows: beam.PCollection, drops: beam.PCollection, label: str) -> beam.PCollection:
+    """``rows`` less the keys in ``drops``: a join on key, so no worker holds the whole corpus."""
+
+    def keep_undropped(element: tuple[str, dict[str, list[Any]]]):
+        _, joined = element
+        if not joined["dropped"]:
+            yield from joined["row"]
+
+    return (
+        {
+            "row": rows | f"{label}KeyRows" >> beam.Map(lambda row: (row["key"], row)),
+            "dropped": drops | f"{label}KeyDrops" >> beam.Map(lambda drop: (drop[1][0], True)),
+        }
+        | f"{label}Join" >> beam.CoGroupByKey()
+        | f"{label}Survivors" >> beam.FlatMap(keep_undropped)
+    )
+
+
 def build_select(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str]) -> None:
+    rules = corpus_rules(config)
+    columns = list(dict.fromkeys([*BASE_COLUMNS, *(c for _, rule in rules for c in rule.columns)]))
     partition_ids = pipeline | "Partitions" >> beam.Create(partitions) | "Spread" >> beam.Reshuffle()
-    rows = partition_ids | "ReadMetadata" >> beam.FlatMap(lambda pid: _passing_rows(output, pid))
-    if config.dedup.exact_sha256:
-        decisions = rows | "NearDuplicateFilter" >> ExactDuplicateFilter()
-    else:
-        decisions = rows | "KeepAll" >> beam.Map(lambda row: (row["partition_id"], (row["key"], None, None)))
-    # Every partition gets a decision file, even one with no passing pair.
-    empty = partition_ids | "EveryPartition" >> beam.Map(lambda pid: (pid, None))
+    rows = partition_ids | "ReadMetadata" >> beam.FlatMap(lambda pid: _passing_rows(output, pid, columns))
+    all_drops = []
+    for index, (name, rule) in enumerate(rules):
+        drops = rows | name >> rule
+        all_drops.append(drops)
+        if index < len(rules) - 1:  # the last rule's survivors are what the kept list below gives
+            rows = _survivors(rows, drops, name)
+    kept = _survivors(rows, all_drops[-1], "Final") if rules else rows
+    decisions = [
+        *all_drops,
+        kept | "Kept" >> beam.Map(lambda row: (row["partition_id"], (row["key"], None, None))),
+        # Every partition gets a decision file, even one with no passing pair.
+        partition_ids | "EveryPartition" >> beam.Map(lambda pid: (pid, None)),
+    ]
     _ = (
-        (decisions, empty)
+        decisions
         | "Merge" >> beam.Flatten()
         | "GroupByPartition" >> beam.GroupByKey()
         | "WriteDecisions" >> beam.Map(lambda element: _write_decisions(output, element))
