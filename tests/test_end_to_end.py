@@ -26,7 +26,7 @@ import pytest
 from altsieve import reasons
 from altsieve.pipeline.cli import run_all
 from altsieve.pipeline.demo import DEMO_OVERRIDES, demo_config
-from altsieve.testcorpus.generator import TestCorpus, generate_corpus
+from altsieve.testcorpus.generator import TestCorpus
 from altsieve.testcorpus.server import CorpusServer
 
 # What the default recipe (with the demo's download settings: 1 retry, 2 s timeouts) does to each
@@ -91,14 +91,10 @@ def key_of(pair_id: int) -> str:
     return f"00000{pair_id:010d}"
 
 
-@pytest.fixture(scope="module")
-def corpus() -> TestCorpus:
-    return generate_corpus(n_pairs=100, seed=0)
-
-
 @contextmanager
 def serving(corpus: TestCorpus, folder: Path):
     """A fresh server (the corpus's stateful responses, such as 503-then-200, start over) and its input file."""
+    folder.mkdir(parents=True, exist_ok=True)
     with CorpusServer(corpus) as server:
         input_path = str(folder / "input.parquet")
         corpus.write_input(input_path, server.base_url)
