@@ -121,6 +121,26 @@ def write_reports(config: Config, output: str, metrics: dict[str, Any], started:
     return stats
 
 
+def metrics_lines(metrics: dict[str, Any]) -> list[str]:
+    """The Beam counters of this run's ingest (a resumed run counts only the work it did itself)."""
+    if not metrics:
+        return ["Beam metrics: none reported by this runner"]
+    latency = metrics.get("fetch_latency_ms") or {}
+    lines = [
+        "Beam metrics (this run's ingest):",
+        f"  pairs requested {metrics.get('pairs_fetched', 0)}, decoded {metrics.get('pairs_decoded', 0)}, "
+        f"partitions written {metrics.get('partitions_written', 0)}",
+        f"  bytes fetched {metrics.get('bytes_fetched', 0) / 1e6:.1f} MB, "
+        f"image bytes written {metrics.get('bytes_written', 0) / 1e6:.1f} MB",
+    ]
+    if latency:
+        lines.append(
+            f"  fetch latency: mean {latency['mean']:.0f} ms, min {latency['min']} ms, max {latency['max']} ms "
+            f"over {latency['count']} requests"
+        )
+    return lines
+
+
 def summary_text(output: str, stats: dict[str, Any], config: Config) -> str:
     """One screen: the funnel, the reasons, where the shards are."""
     funnel_data = stats["funnel"]
@@ -133,6 +153,7 @@ def summary_text(output: str, stats: dict[str, Any], config: Config) -> str:
     lines += ["", "drop reasons:"]
     for reason, count in sorted(stats["reasons"].items(), key=lambda item: (-item[1], item[0])):
         lines.append(f"  {reason:<32}{count:>10}")
+    lines += ["", *metrics_lines(stats.get("metrics") or {})]
     lines += [
         "",
         f"{stats['output_samples']} pairs kept in {stats['shards']} shards "
