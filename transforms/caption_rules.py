@@ -1,34 +1,23 @@
-"""CaptionRules: the cheap text rules, applied to a partition's rows before anything is fetched."""
+"""CaptionRules: the cheap text rules, applied to a partition's rows before anything is fetched.
+
+Normalises each caption (and cuts contact details out when the recipe says so), then applies the
+caption rules (empty, length in characters and words) and the text rules that need no language
+label (contact details, boilerplate, sensitive words). See ``transforms.text_rules``.
+"""
 
 from __future__ import annotations
 
 import apache_beam as beam
 
-from altsieve.filters.base import first_reason
-from altsieve.filters.caption import caption_rules
-from altsieve.pipeline.config import CaptionRulesConfig
-from altsieve.transforms.read_inputs import Partition
-
-
-class _ApplyCaptionRules(beam.DoFn):
-    def __init__(self, config: CaptionRulesConfig) -> None:
-        self._config = config
-
-    def setup(self) -> None:
-        self._rules = caption_rules(self._config)
-
-    def process(self, partition: Partition):
-        rows = [
-            row if row.get("reason") is not None else {**row, "reason": first_reason(self._rules, row)}
-            for row in partition.rows
-        ]
-        yield Partition(partition.partition_id, partition.source, rows)
+from altsieve.pipeline.config import CaptionRulesConfig, LanguageConfig, TextRulesConfig
+from altsieve.transforms.text_rules import RowStage
 
 
 class CaptionRules(beam.PTransform):
-    def __init__(self, config: CaptionRulesConfig) -> None:
+    def __init__(self, config: CaptionRulesConfig, text: TextRulesConfig | None = None) -> None:
         super().__init__()
-        self._config = config
+        self._config, self._text = config, text or TextRulesConfig()
 
     def expand(self, partitions: beam.PCollection) -> beam.PCollection:
-        return partitions | "Apply" >> beam.ParDo(_ApplyCaptionRules(self._config))
+        # The language config is not used by this stage: its rows are tagged by LanguageTag afterwards.
+        return partitions | "Apply" >> beam.ParDo(RowStage("caption_stage", self._config, self._text, LanguageConfig()))

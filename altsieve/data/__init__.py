@@ -1,0 +1,1 @@
+"""Word lists shipped with altsieve (boilerplate captions); users extend them with files of their own."""
