@@ -1,13 +1,17 @@
-"""Exact duplicates of the fetched image bytes, grouped by sha256 across the whole corpus.
+"""Exact duplicates across the whole corpus: image sha256, URL, URL + caption.
 
-Each group keeps its smallest key, so reruns and other runners keep the same pair; the others are
-dropped with ``duplicate_sha256`` and the key they duplicate. Shuffled per pair: the 64-character
-hash and the 15-character key, about 100 bytes.
+Each group of equal values keeps its smallest key, so reruns and other runners keep the same pair;
+the others are dropped with the rule's reason and the kept key in ``duplicate_of``. Shuffled per
+pair: the group value and the 15-character key. sha256 groups on its 64 hex characters (~100
+bytes a pair); URL and URL + caption group on a 16-byte BLAKE2b digest of the text instead of
+the text itself (URLs run to 2,000 characters), ~50 bytes a pair, a collision chance of 2**-128.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 
@@ -23,17 +27,52 @@ def drop_all_but_smallest(members: Iterable[tuple[str, str]], reason: str) -> It
         yield partition_id, (key, reason, keeper)
 
 
-class ExactDuplicateFilter(CorpusRule):
-    """Rows with ``sha256`` -> the drops of every exact duplicate but the smallest key."""
+def _text_digest(values: tuple[str, ...]) -> bytes:
+    # A separator that cannot occur in either text keeps ("ab", "c") and ("a", "bc") apart.
+    return hashlib.blake2b("\x00".join(values).encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
-    columns = ("key", "partition_id", "sha256")
+
+class ExactDuplicateFilter(CorpusRule):
+    """Rows with ``fields`` -> the drops of every exact duplicate but the smallest key.
+
+    A row with any of the fields missing (None) is nobody's duplicate. ``digest`` groups on a
+    16-byte digest of the values instead of the values (for long texts).
+    """
+
+    def __init__(self, fields: tuple[str, ...] = ("sha256",), reason: str = reasons.DUPLICATE_SHA256,
+                 digest: bool = False) -> None:
+        super().__init__()
+        self.fields = tuple(fields)
+        self.reason = reason
+        self.digest = digest
+        self.columns = ("key", "partition_id", *self.fields)
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        fields, reason, digest = self.fields, self.reason, self.digest
+
+        def group_value(row: dict[str, Any]) -> Iterator[tuple[Any, tuple[str, str]]]:
+            values = tuple(row.get(name) for name in fields)
+            if any(value is None for value in values):
+                return
+            value: Any = _text_digest(values) if digest else (values[0] if len(values) == 1 else values)
+            yield value, (row["key"], row["partition_id"])
+
         return (
             rows
-            | "KeyBySha256" >> beam.Map(lambda row: (row["sha256"], (row["key"], row["partition_id"])))
-            | "GroupBySha256" >> beam.GroupByKey()
-            | "KeepSmallestKey" >> beam.FlatMap(
-                lambda element: drop_all_but_smallest(element[1], reasons.DUPLICATE_SHA256)
-            )
+            | "KeyByValue" >> beam.FlatMap(group_value)
+            | "GroupByValue" >> beam.GroupByKey()
+            | "KeepSmallestKey" >> beam.FlatMap(lambda element: drop_all_but_smallest(element[1], reason))
         )
+
+
+def exact_rules(sha256: bool, url: bool, url_caption: bool) -> list[tuple[str, CorpusRule]]:
+    """The exact rules switched on, most specific first: the same pair twice, the same URL, the same bytes."""
+    rules: list[tuple[str, CorpusRule]] = []
+    if url_caption:
+        rules.append(("ExactUrlCaption", ExactDuplicateFilter(("url", "caption"), reasons.DUPLICATE_URL_CAPTION,
+                                                              digest=True)))
+    if url:
+        rules.append(("ExactUrl", ExactDuplicateFilter(("url",), reasons.DUPLICATE_URL, digest=True)))
+    if sha256:
+        rules.append(("ExactDuplicates", ExactDuplicateFilter()))
+    return rules

@@ -1,0 +1,89 @@
+"""The deduplication rules a config switches on, in funnel order (``pipeline.select.corpus_rules`` calls this).
+
+Order, each rule seeing what the ones before kept:
+
+1. decontamination: an evaluation image must go whatever else it duplicates, and be counted as such;
+2. exact (URL + caption, URL, image sha256): cheapest and certain, and they thin the corpus for the rest;
+3. perceptual (pHash): the same picture re-encoded, resized, lightly edited;
+4. semantic (CLIP embeddings): the same content in a different picture;
+5. captions (MinHash): the same text on different images, last because it is the least about the image.
+
+A drop's ``duplicate_of`` names the pair its rule kept. A later rule may drop that pair in turn (for a
+reason of its own); its decision then names the next one, so the audit follows the chain to a kept pair.
+"""
+
+from __future__ import annotations
+
+from altsieve.dedup.exact import exact_rules
+from altsieve.filters.corpus import CorpusRule
+from altsieve.pipeline.config import Config, ConfigError
+
+
+def _require(module: str, setting: str) -> None:
+    """Fail when the pipeline is built, not in a worker, when an optional dependency is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{setting} needs {module}: pip install 'altsieve[dedup]' (faiss-cpu, datasketch)")
+
+
+def _require_embeddings(output: str | None, setting: str) -> None:
+    """Rules on CLIP embeddings need the ingest to have written them: say so before any worker starts."""
+    if output is None:
+        return
+    from altsieve.pipeline import layout
+    from altsieve.transforms import fsutil
+
+    if not fsutil.exists(layout.meta(output, "clip_model.json")):
+        raise ConfigError(f"{setting} needs the CLIP embeddings of the ingest pass, and {output} has none: "
+                          "ingest with clip.enabled=true (and clip.save_embeddings=true)")
+
+
+def dedup_rules(config: Config, output: str | None) -> list[tuple[str, CorpusRule]]:
+    dedup = config.dedup
+    rules: list[tuple[str, CorpusRule]] = []
+    decontamination = dedup.decontamination
+    if decontamination.eval_sets or decontamination.eval_embeddings:
+        from altsieve.dedup.decontaminate import DecontaminationFilter
+        from altsieve.transforms.decode import image_options
+
+        embed_spec = None
+        if decontamination.embed_eval_images and config.clip.enabled and config.clip.save_embeddings:
+            from altsieve.transforms.clip import spec_of
+
+            embed_spec = spec_of(config.clip)  # the model whose embeddings the training pairs have
+        _require("faiss", "dedup.decontamination")
+        if decontamination.eval_embeddings or embed_spec is not None:
+            _require_embeddings(output, "decontamination by CLIP embedding")
+        try:
+            rule = DecontaminationFilter(
+                output, decontamination.eval_sets, decontamination.eval_embeddings,
+                decontamination.phash_max_distance, decontamination.clip_min_cosine, image_options(config.image),
+                embed_spec,
+            )
+        except FileNotFoundError as err:
+            raise ConfigError(str(err)) from None
+        rules.append(("Decontaminate", rule))
+    rules += exact_rules(dedup.exact_sha256, dedup.exact_url, dedup.exact_url_caption)
+    if dedup.perceptual:
+        from altsieve.dedup.perceptual import PerceptualDuplicateFilter
+
+        rules.append(("PerceptualDuplicates", PerceptualDuplicateFilter(dedup.phash_max_distance, dedup.phash_bands)))
+    if dedup.semantic.enabled:
+        from altsieve.dedup.semantic import SemanticDuplicateFilter
+
+        _require("faiss", "dedup.semantic.enabled")
+        _require_embeddings(output, "dedup.semantic.enabled")
+        semantic = dedup.semantic
+        rules.append(("SemanticDuplicates", SemanticDuplicateFilter(
+            output, semantic.eps, semantic.target_fraction, semantic.n_clusters, semantic.sample_size,
+            semantic.keep, semantic.seed,
+        )))
+    if dedup.caption_minhash.enabled:
+        from altsieve.dedup.captions import CaptionDuplicateFilter
+
+        _require("datasketch", "dedup.caption_minhash.enabled")
+        minhash = dedup.caption_minhash
+        rules.append(("CaptionDuplicates", CaptionDuplicateFilter(minhash.threshold, minhash.num_perm,
+                                                                   minhash.shingle_size)))
+    return rules
