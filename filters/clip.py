@@ -1,0 +1,132 @@
+"""Keep the top fraction of the corpus by CLIP score (DataComp's CLIP-score filter): a select-pass corpus rule.
+
+The cut is the exact k-th largest score, k = ceil(fraction x scored pairs), found without any worker
+holding the corpus: float32 scores map to order-preserving 32-bit keys; one global combine counts
+the keys' high 16 bits (65,536 bins), which names the bin holding the k-th largest, and a second
+counts the low 16 bits inside that bin alone. Two arrays of 65,536 counts cross the shuffle, not
+the scores. Every pair scoring at or above the cut is kept (ties at the cut are all kept), so the
+result does not depend on the order the runner sees the pairs in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from altsieve import reasons
+from altsieve.filters.corpus import CorpusRule, Drop
+
+_BINS = 1 << 16
+
+
+def order_key(score: float) -> int:
+    """A float32 score as an unsigned 32-bit integer with the same order (larger score, larger key)."""
+    bits = int(np.array([score + 0.0], dtype=np.float32).view(np.uint32)[0])  # + 0.0: -0.0 becomes 0.0, its equal
+    return (~bits) & 0xFFFFFFFF if bits & 0x80000000 else bits | 0x80000000
+
+
+def score_of(key: int) -> float:
+    bits = key & 0x7FFFFFFF if key & 0x80000000 else (~key) & 0xFFFFFFFF
+    return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+
+
+class _Histogram(beam.CombineFn):
+    """Counts of the 16 bits of each key at ``shift`` (16: the high half, 0: the low half)."""
+
+    def __init__(self, shift: int) -> None:
+        self._shift = shift
+
+    def create_accumulator(self) -> np.ndarray:
+        return np.zeros(_BINS, dtype=np.int64)
+
+    def add_input(self, accumulator: np.ndarray, key: int) -> np.ndarray:
+        accumulator[(key >> self._shift) & 0xFFFF] += 1
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[np.ndarray]) -> np.ndarray:
+        total = self.create_accumulator()
+        for accumulator in accumulators:
+            total += accumulator
+        return total
+
+    def extract_output(self, accumulator: np.ndarray) -> np.ndarray:
+        return accumulator
+
+
+def _kth_from_top(counts: np.ndarray, k: int) -> tuple[int, int]:
+    """The bin holding the k-th largest element (1-based) and how many of the bin's elements reach it."""
+    from_top = np.cumsum(counts[::-1])
+    if k < 1 or k > from_top[-1]:
+        raise ValueError(f"rank {k} outside 1..{int(from_top[-1])}")
+    position = int(np.searchsorted(from_top, k))  # the first bin (from the top) whose running count reaches k
+    index = _BINS - 1 - position
+    above = int(from_top[position] - counts[index])
+    return index, k - above
+
+
+def needed(fraction: float, total: int) -> int:
+    """How many pairs the top fraction keeps (at least one of a non-empty corpus)."""
+    return max(1, math.ceil(fraction * total - 1e-9)) if total else 0
+
+
+def high_bin(counts: np.ndarray, fraction: float) -> tuple[int, int] | None:
+    k = needed(fraction, int(counts.sum()))
+    return _kth_from_top(counts, k) if k else None
+
+
+def cut_key(low_counts: np.ndarray, high: tuple[int, int] | None) -> int | None:
+    """The key of the k-th largest score: the high bin's index joined to the low bits that reach rank k."""
+    if high is None:
+        return None
+    bin_index, rank_in_bin = high
+    low, _ = _kth_from_top(low_counts, rank_in_bin)
+    return (bin_index << 16) | low
+
+
+class ClipTopFraction(CorpusRule):
+    """Rows with ``clip_score`` -> drops of the pairs below the corpus's top ``fraction`` (clip_score_below_quantile).
+
+    ``record`` (a callable taking ``(cut score, scored pairs)``) is called once with the cut, to report it.
+    """
+
+    columns = ("key", "partition_id", "clip_score")
+
+    def __init__(self, fraction: float, record: Any = None) -> None:
+        super().__init__()
+        self._fraction, self._record = fraction, record
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        fraction = self._fraction
+        keyed = (
+            rows
+            | "Scored" >> beam.Filter(lambda row: row.get("clip_score") is not None)
+            | "OrderKey" >> beam.Map(lambda row: (order_key(row["clip_score"]), row["key"], row["partition_id"]))
+        )
+        high_counts = keyed | "HighKeys" >> beam.Map(lambda item: item[0]) | "HighHistogram" >> beam.CombineGlobally(
+            _Histogram(16))
+        high = high_counts | "HighBin" >> beam.Map(lambda counts: high_bin(counts, fraction))
+        low_counts = (
+            keyed
+            | "InHighBin" >> beam.Filter(lambda item, hb: hb is not None and item[0] >> 16 == hb[0],
+                                         hb=beam.pvalue.AsSingleton(high))
+            | "LowKeys" >> beam.Map(lambda item: item[0])
+            | "LowHistogram" >> beam.CombineGlobally(_Histogram(0))
+        )
+        cut = low_counts | "Cut" >> beam.Map(lambda counts, hb: cut_key(counts, hb), hb=beam.pvalue.AsSingleton(high))
+        if self._record is not None:
+            record = self._record
+            _ = cut | "RecordCut" >> beam.Map(
+                lambda key, counts: record(None if key is None else score_of(key), int(counts.sum())),
+                counts=beam.pvalue.AsSingleton(high_counts),
+            )
+        return keyed | "BelowCut" >> beam.FlatMap(_drops_below, cut=beam.pvalue.AsSingleton(cut))
+
+
+def _drops_below(item: tuple[int, str, str], cut: int | None) -> Iterator[Drop]:
+    key, pair_key, partition_id = item
+    if cut is not None and key < cut:
+        yield partition_id, (pair_key, reasons.CLIP_SCORE_BELOW_QUANTILE, None)
