@@ -19,6 +19,14 @@ CAPTION_TOO_LONG_CHARS = "caption_too_long_chars"
 CAPTION_TOO_FEW_WORDS = "caption_too_few_words"
 CAPTION_TOO_MANY_WORDS = "caption_too_many_words"
 
+# Text rules (before download): boilerplate, sensitive words, contact details, language, script
+TEXT_BOILERPLATE = "text_boilerplate"  # meaningless caption: "image", "图片", a file name, "1920x1080"
+TEXT_BLACKLIST = "text_blacklist"  # a word of the user's sensitive-word list
+TEXT_CONTACT_INFO = "text_contact_info"  # URL, e-mail address or phone number (contact_info: drop)
+TEXT_NO_HAN = "text_no_han"  # require_han and not one Han character
+TEXT_LANGUAGE = "text_language"  # label outside the language allow-list (or no label)
+TEXT_LANGUAGE_SCORE = "text_language_score"  # allowed label below min_language_score
+
 # Download
 DOWNLOAD_NOT_FOUND = "download_not_found"  # 404, 410
 DOWNLOAD_HTTP_ERROR = "download_http_error"  # other 4xx
@@ -45,8 +53,41 @@ IMAGE_ASPECT_RATIO = "image_aspect_ratio"
 IMAGE_TOO_FEW_PIXELS = "image_too_few_pixels"
 IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"
 
+# CLIP (transforms/clip.py): every code starts with "clip_" so the funnel's "CLIP rules" stage groups them
+CLIP_SCORE_BELOW_THRESHOLD = "clip_score_below_threshold"  # ingest: below clip.min_score (or its language bucket's)
+CLIP_SCORE_BELOW_QUANTILE = "clip_score_below_quantile"  # select: outside the corpus's top clip.top_fraction
+CLIP_NSFW = "clip_nsfw"  # zero-shot NSFW probability above clip.tags.drop_nsfw_above (tags only by default)
+CLIP_WATERMARK = "clip_watermark"  # zero-shot watermark probability above clip.tags.drop_watermark_above
+
 # Corpus-wide rules (select pass)
 DUPLICATE_SHA256 = "duplicate_sha256"
+# Deduplication (dedup/): every code starts with "duplicate_" so the funnel groups them; duplicate_of names the pair
+# (or, for duplicate_eval_set, the "eval:{set}/{item}" evaluation item) each drop duplicates.
+DUPLICATE_URL = "duplicate_url"
+DUPLICATE_URL_CAPTION = "duplicate_url_caption"
+DUPLICATE_PHASH = "duplicate_phash"  # 64-bit pHash within dedup.phash_max_distance bits of a kept pair
+DUPLICATE_SEMANTIC = "duplicate_semantic"  # CLIP image embedding cosine >= 1 - eps with a kept pair (SemDeDup)
+DUPLICATE_CAPTION = "duplicate_caption"  # caption MinHash Jaccard >= threshold with a kept pair
+DUPLICATE_EVAL_SET = "duplicate_eval_set"  # pHash or CLIP embedding too close to an evaluation image
+CORPUS_CAPTION_SHARED = "corpus_caption_shared"  # the caption is on more than N distinct images
+CORPUS_IMAGE_MANY_CAPTIONS = "corpus_image_many_captions"  # the image (sha256) has more than N distinct captions
+CORPUS_RARE_TOKEN = "corpus_rare_token"  # a unigram or bigram outside the corpus's top K
+
+# Crawl extraction (``altsieve extract``, WARC/WAT inputs): why an <img> tag did not become a pair.
+# These are counts in extract_stats.json, never a row's ``reason``: a skipped img tag is not a pair yet.
+CRAWL_NO_SRC = "crawl_no_src"  # no src, data-src or srcset at all
+CRAWL_DATA_URI = "crawl_data_uri"  # the image is inline (data:), nothing to download
+CRAWL_INVALID_URL = "crawl_invalid_url"  # does not resolve to a URL with a host
+CRAWL_SCHEME = "crawl_scheme"  # resolves to a non-http(s) scheme (javascript:, blob:, ftp:, ...)
+CRAWL_TRACKING_PIXEL = "crawl_tracking_pixel"  # width or height attribute of 1 px or less
+CRAWL_EMPTY_ALT = "crawl_empty_alt"  # no alt, or only whitespace
+CRAWL_SVG = "crawl_svg"  # .svg, which the decoder cannot rasterise (``--keep-svg`` keeps them)
+CRAWL_DUPLICATE = "crawl_duplicate"  # same URL and alt as a pair already kept (across the whole extraction)
+CRAWL_CORRUPT_RECORD = "crawl_corrupt_record"  # a record (or stretch of records) that cannot be read: skipped
+CRAWL_SKIP_REASONS: tuple[str, ...] = (
+    CRAWL_NO_SRC, CRAWL_DATA_URI, CRAWL_INVALID_URL, CRAWL_SCHEME, CRAWL_TRACKING_PIXEL, CRAWL_EMPTY_ALT, CRAWL_SVG,
+    CRAWL_DUPLICATE, CRAWL_CORRUPT_RECORD,
+)
 
 TRANSIENT: frozenset[str] = frozenset(
     {DOWNLOAD_TIMEOUT, DOWNLOAD_CONNECTION_ERROR, DOWNLOAD_SERVER_ERROR, DOWNLOAD_RATE_LIMITED, DOWNLOAD_DNS_ERROR}

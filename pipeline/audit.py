@@ -532,8 +532,9 @@ class Aggregator:
 
     def _why_not(self, name: str) -> str:
         if name == "clip_score":
-            return ("no clip_score column: the CLIP scoring stage has not been run on this corpus "
-                    "(its own issue adds the column)")
+            if "clip_score" in self.columns:
+                return "clip_score holds no values: CLIP scoring was off in this run (clip.enabled in the recipe)"
+            return "no clip_score column: the CLIP scoring stage has not been run on this corpus"
         if name in ("width", "height", "aspect_ratio"):
             return "no original_width/original_height columns: image sizes need the images (metadata-only input)"
         if name == "bytes":

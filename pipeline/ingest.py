@@ -2,41 +2,58 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import apache_beam as beam
 
 from altsieve.pipeline import layout
 from altsieve.pipeline.beam_run import Progress, run_pipeline
 from altsieve.pipeline.config import Config, ConfigError, config_to_yaml
+from altsieve.pipeline.extract import CrawlInputs, prepare_crawl_inputs
 from altsieve.transforms import fsutil
 from altsieve.transforms.caption_rules import CaptionRules
+from altsieve.transforms.clip import ClipScore, model_identity, record_model_identity
 from altsieve.transforms.decode import Decode
 from altsieve.transforms.download import Download
 from altsieve.transforms.language import LanguageTag
 from altsieve.transforms.read_inputs import InputFile, ReadPartitions, iter_rows, list_input_files, sniff_input
+from altsieve.transforms.text_rules import TextRules
 from altsieve.transforms.write_shards import WriteShards
 
 
 def build_ingest(
-    pipeline: beam.Pipeline, config: Config, files: list[InputFile], output: str, retry_failed: bool = False
+    pipeline: beam.Pipeline, config: Config, files: list[InputFile], output: str, retry_failed: bool = False,
+    clip_identity: dict[str, Any] | None = None,
 ) -> None:
     source = config.input
+    if config.clip.enabled and clip_identity is None:
+        clip_identity = model_identity(config.clip)
     records = (
         pipeline
         | "ReadPartitions" >> ReadPartitions(
             files, output, source.url_col, source.caption_col, source.save_additional_columns,
             source.rows_per_partition, retry_failed,
         )
-        | "CaptionRules" >> CaptionRules(config.rules.caption)
+        # Text first: a caption needs no image, and every pair a text rule drops costs no request.
+        | "CaptionRules" >> CaptionRules(config.rules.caption, config.rules.text)
+        | "LanguageTag" >> LanguageTag(config.language)
+        | "TextRules" >> TextRules(config.rules.caption, config.rules.text, config.language)
         | "Download" >> Download(config.download)
         | "Decode" >> Decode(config.image, config.rules.image)
-        | "LanguageTag" >> LanguageTag(config.language)
+        # Last: the model sees only the pairs every cheaper rule kept.
+        | "ClipScore" >> ClipScore(config.clip, config.language, clip_identity and clip_identity["weights_sha256"])
     )
-    _ = records | "WriteShards" >> WriteShards(output, source.save_additional_columns, config.image.encode_format)
+    embeddings = None
+    if clip_identity is not None and config.clip.save_embeddings:
+        embeddings = (int(clip_identity["embed_dim"]), str(clip_identity["weights_sha256"]))
+    _ = records | "WriteShards" >> WriteShards(
+        output, source.save_additional_columns, config.image.encode_format, embeddings
+    )
 
 
 # Sections that decide what a partition's shard holds. Download settings (timeouts, retries,
 # concurrency) may change between a run and its resumption: they change how, not what.
-CONTENT_SECTIONS = {"input", "image", "rules", "language", "dedup", "output"}
+CONTENT_SECTIONS = {"input", "image", "rules", "language", "dedup", "corpus", "clip", "output"}
 
 
 def check_config_matches(output: str, config: Config) -> None:
@@ -64,20 +81,28 @@ def check_config_matches(output: str, config: Config) -> None:
 
 
 def run_ingest(
-    config: Config, inputs: list[str], output: str, beam_args: list[str], retry_failed: bool = False
+    config: Config, inputs: list[str], output: str, beam_args: list[str], retry_failed: bool = False,
+    crawl_inputs: CrawlInputs | None = None,
 ) -> dict:
+    # WARC / WAT / paths listings: extracted to Parquet URL lists first (once), then ingested as usual.
+    inputs, config = prepare_crawl_inputs(config, inputs, output, beam_args, crawl_inputs)
     files = list_input_files(inputs, config.input.input_format)
     for source in files:
         sniff_input(source, config.input.url_col, config.input.caption_col)
     check_config_matches(output, config)
+    clip_identity = None
+    if config.clip.enabled:  # load the model here once: a bad path or no network is one clear error, before any work
+        clip_identity = model_identity(config.clip)
+        record_model_identity(output, clip_identity)
     fsutil.write_json(layout.meta(output, "inputs.json"), [{"index": f.index, "path": f.path} for f in files])
     fsutil.makedirs(fsutil.join(output, layout.CANDIDATES_DIR))
+    layout.remove_stale_temporaries(output)  # a killed run's unfinished writes
     # Progress counts markers; the total is unknown until the inputs are read, so it grows with them.
     with Progress(
         "ingest", total=_estimate_partitions(files, config), count_done=lambda: len(layout.done_partitions(output)),
         unit_per_item=config.input.rows_per_partition,
     ):
-        metrics = run_pipeline(lambda p: build_ingest(p, config, files, output, retry_failed), beam_args)
+        metrics = run_pipeline(lambda p: build_ingest(p, config, files, output, retry_failed, clip_identity), beam_args)
     fsutil.write_json(layout.meta(output, "ingest_done.json"), {"partitions": layout.done_partitions(output)})
     return metrics
 

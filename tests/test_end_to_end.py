@@ -35,7 +35,7 @@ EXPECTED_BY_LABEL: dict[str, str | None] = {
     "clean": None,
     "mismatched_caption": None,  # needs CLIP (its own issue)
     "exact_duplicate": None,
-    "near_dup_reencoded": None,  # needs pHash dedup (its own issue)
+    "near_dup_reencoded": None,  # pHash dedup: settled from the served images below
     "near_dup_resized": None,
     "near_dup_cropped": None,
     "near_dup_brightened": None,
@@ -63,8 +63,8 @@ EXPECTED_BY_LABEL: dict[str, str | None] = {
     "animated_gif": None,
     "webp": None,
     "bomb": reasons.DECODE_BOMB,
-    "boilerplate_caption": None,  # boilerplate rules are the text issue's
-    "shared_caption": None,  # frequency rules are the text issue's
+    "boilerplate_caption": reasons.TEXT_BOILERPLATE,  # the default recipe's shipped boilerplate list
+    "shared_caption": None,  # corpus-wide text rules are off in the default recipe (see test_text_and_recipes.py)
     "many_captions_image": None,
     "empty_caption": reasons.CAPTION_EMPTY,
     "bad_url": reasons.URL_INVALID,
@@ -72,8 +72,20 @@ EXPECTED_BY_LABEL: dict[str, str | None] = {
 }
 
 
+def served_image(corpus: TestCorpus, pair) -> bytes:
+    """The image bytes a pair's URL ends at (redirects followed)."""
+    response = corpus.responses[pair.path]
+    while response.redirect_to is not None:
+        response = corpus.responses[response.redirect_to]
+    return response.body
+
+
 def expected_reasons(corpus: TestCorpus) -> dict[int, str | None]:
-    """pair_id -> expected final reason: the label's rule, then exact duplicates by served bytes."""
+    """pair_id -> expected final reason: the label's rule, then exact duplicates by served bytes, then pHash
+    duplicates (within the default distance of a kept pair with a smaller key) of the served images."""
+    from altsieve.pipeline.config import DedupConfig
+    from altsieve.transforms.imageops import hamming64, process_image
+
     expected = {pair.pair_id: EXPECTED_BY_LABEL[pair.label] for pair in corpus.pairs}
     first_with_digest: dict[str, int] = {}
     for pair in corpus.pairs:  # input order = key order: the smallest key of a group is kept
@@ -84,6 +96,16 @@ def expected_reasons(corpus: TestCorpus) -> dict[int, str | None]:
             expected[pair.pair_id] = reasons.DUPLICATE_SHA256
         else:
             first_with_digest[digest] = pair.pair_id
+    max_distance = DedupConfig().phash_max_distance
+    kept_hashes: list[int] = []
+    for pair in corpus.pairs:  # the greedy rule of dedup/resolve.py, as a loop
+        if expected[pair.pair_id] is not None:
+            continue
+        phash = process_image(served_image(corpus, pair)).phash
+        if any(hamming64(phash, other) <= max_distance for other in kept_hashes):
+            expected[pair.pair_id] = reasons.DUPLICATE_PHASH
+        else:
+            kept_hashes.append(phash)
     return expected
 
 
@@ -180,6 +202,13 @@ def test_dropped_duplicates_name_the_pair_they_duplicate(corpus, in_memory_run) 
     for row in duplicates:
         keeper = rows[row["duplicate_of"]]
         assert keeper["reason"] is None and keeper["sha256"] == row["sha256"] and keeper["key"] < row["key"]
+    from altsieve.transforms.imageops import hamming64
+
+    near = [r for r in rows.values() if r["reason"] == reasons.DUPLICATE_PHASH]
+    assert near
+    for row in near:
+        keeper = rows[row["duplicate_of"]]
+        assert keeper["reason"] is None and keeper["key"] < row["key"] and hamming64(keeper["phash"], row["phash"]) <= 4
 
 
 def test_output_reads_back_with_webdataset(in_memory_run) -> None:

@@ -46,11 +46,20 @@ COLUMNS: list[tuple[str, pa.DataType]] = [
     ("original_format", pa.string()),
     ("language", pa.string()),
     ("language_score", pa.float32()),
+    ("language_backend", pa.string()),
+    # Share of each script among the caption's letters (transforms.language.SCRIPTS), from LanguageTag.
+    ("script_shares", pa.struct([(script, pa.float32()) for script in
+                                 ("han", "kana", "hangul", "latin", "cyrillic", "arabic", "other")])),
     ("duplicate_of", pa.string()),
+    # ClipScore (transforms/clip.py): image-text cosine and zero-shot tag probabilities; null where not scored.
+    ("clip_score", pa.float32()),
+    ("nsfw_score", pa.float32()),
+    ("watermark_score", pa.float32()),
 ]
 COLUMN_NAMES = [name for name, _ in COLUMNS]
 # Fields that stay out of each sample's .json (the image itself, internal bookkeeping).
-_NOT_IN_JSON = {"image", "body", "extra", "partition_id", "partition_size"}
+_NOT_IN_JSON = {"image", "body", "extra", "partition_id", "partition_size",
+                "clip_image_embedding", "clip_text_embedding"}  # embeddings: in _candidates/*_embeddings.npz
 EXTENSIONS = {"jpg": "jpg", "webp": "webp", "png": "png"}
 
 

@@ -23,6 +23,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from altsieve.transforms import fsutil
+from altsieve.transforms.clip import EMBEDDINGS_SUFFIX, partition_embeddings, write_partition_embeddings
 from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
 
 CANDIDATES_DIR = "_candidates"
@@ -54,8 +55,10 @@ def _merge_with_existing(prefix: str, records: list[dict[str, Any]], extra_colum
 
 
 class _WriteCandidate(beam.DoFn):
-    def __init__(self, output: str, extra_columns: list[str], encode_format: str) -> None:
+    def __init__(self, output: str, extra_columns: list[str], encode_format: str,
+                 clip_embeddings: tuple[int, str] | None = None) -> None:
         self._output, self._extra, self._format = output, extra_columns, encode_format
+        self._clip = clip_embeddings
         self._partitions = Metrics.counter("altsieve", "partitions_written")
         self._bytes_written = Metrics.counter("altsieve", "bytes_written")
 
@@ -88,17 +91,27 @@ class _WriteCandidate(beam.DoFn):
             Metrics.counter("altsieve", f"reason.{reason}").inc(count)
         self._bytes_written.inc(sum(len(r.get("image") or b"") for r in records))
         stats = write_shard(prefix, records, self._extra, self._format, started, {"partition_id": partition_id})
+        if self._clip is not None:  # the CLIP embeddings of the kept pairs, before the marker like the rest
+            embed_dim, weights_sha256 = self._clip
+            path = prefix + EMBEDDINGS_SUFFIX
+            arrays = partition_embeddings(records, embed_dim, previous=path if attempts > 1 else None)
+            write_partition_embeddings(path, *arrays, weights_sha256)
         fsutil.write_json(marker, {"partition_id": partition_id, "attempts": attempts, **stats})
         self._partitions.inc()
         return partition_id, stats
 
 
 class WriteShards(beam.PTransform):
-    """``PCollection[record]`` -> ``PCollection[(partition_id, stats)]``, one candidate shard per partition."""
+    """``PCollection[record]`` -> ``PCollection[(partition_id, stats)]``, one candidate shard per partition.
 
-    def __init__(self, output: str, extra_columns: list[str], encode_format: str) -> None:
+    ``clip_embeddings`` (embedding width, weights sha256): also write ``{partition}_embeddings.npz``.
+    """
+
+    def __init__(self, output: str, extra_columns: list[str], encode_format: str,
+                 clip_embeddings: tuple[int, str] | None = None) -> None:
         super().__init__()
         self._output, self._extra, self._format = output, extra_columns, encode_format
+        self._clip = clip_embeddings
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        return records | "Write" >> beam.ParDo(_WriteCandidate(self._output, self._extra, self._format))
+        return records | "Write" >> beam.ParDo(_WriteCandidate(self._output, self._extra, self._format, self._clip))
