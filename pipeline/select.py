@@ -37,7 +37,8 @@ def corpus_rules(config: Config, output: str | None = None) -> list[tuple[str, C
     """
     # ALIGN's text-frequency rules first: they count the corpus before deduplication thins it.
     rules: list[tuple[str, CorpusRule]] = corpus_text_rules(config.corpus)
-    rules += dedup_rules(config, output)
+    # Beam labels them NearDuplicateFilter/<method>: the stage name the design uses for all dedup methods.
+    rules += [(f"NearDuplicateFilter/{name}", rule) for name, rule in dedup_rules(config, output)]
     # DataComp's top fraction by CLIP score is of the deduplicated pool: after the dedup rules.
     if config.clip.enabled and config.clip.top_fraction is not None:
         record = functools.partial(record_clip_cut, output, config.clip.top_fraction) if output else None

@@ -560,6 +560,7 @@ class _open_output:  # noqa: N801 - used like open()
     """Binary sink; gzip (mtime 0, so the same corpus gives the same bytes) when the path ends in .gz."""
 
     def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self._raw = open(path, "wb")  # noqa: SIM115 - closed in __exit__
         self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0) if path.endswith(".gz") else None
 
