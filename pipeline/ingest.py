@@ -28,6 +28,7 @@ def build_ingest(
     source = config.input
     if config.clip.enabled and clip_identity is None:
         clip_identity = model_identity(config.clip)
+    clip_sha256 = clip_identity["weights_sha256"] if clip_identity else None  # what every worker must load
     records = (
         pipeline
         | "ReadPartitions" >> ReadPartitions(
@@ -41,7 +42,7 @@ def build_ingest(
         | "Download" >> Download(config.download)
         | "Decode" >> Decode(config.image, config.rules.image)
         # Last: the model sees only the pairs every cheaper rule kept.
-        | "ClipScore" >> ClipScore(config.clip, config.language, clip_identity and clip_identity["weights_sha256"])
+        | "ClipScore" >> ClipScore(config.clip, config.language, clip_sha256)
     )
     embeddings = None
     if clip_identity is not None and config.clip.save_embeddings:
@@ -89,10 +90,11 @@ def run_ingest(
     files = list_input_files(inputs, config.input.input_format)
     for source in files:
         sniff_input(source, config.input.url_col, config.input.caption_col)
+    # Load the CLIP model here once, before anything is written: a bad path or no network is one clear
+    # error, and the output folder is left as it was (a corrected rerun is not refused as "other settings").
+    clip_identity = model_identity(config.clip) if config.clip.enabled else None
     check_config_matches(output, config)
-    clip_identity = None
-    if config.clip.enabled:  # load the model here once: a bad path or no network is one clear error, before any work
-        clip_identity = model_identity(config.clip)
+    if clip_identity is not None:
         record_model_identity(output, clip_identity)
     fsutil.write_json(layout.meta(output, "inputs.json"), [{"index": f.index, "path": f.path} for f in files])
     fsutil.makedirs(fsutil.join(output, layout.CANDIDATES_DIR))

@@ -88,7 +88,7 @@ def models_folder() -> Any:
 
 @functools.cache
 def register_builtin_configs() -> None:
-    """Make the shipped model configs (``altsieve/models/*.json`` with a model config inside) known to open_clip."""
+    """Make the shipped model config (``altsieve/models/altsieve-tiny-clip.json``) known to open_clip."""
     import open_clip
 
     config = models_folder().joinpath(f"{TINY_MODEL}.json")
@@ -97,7 +97,7 @@ def register_builtin_configs() -> None:
 
 
 def builtin_checkpoint() -> str:
-    checkpoint = models_folder().joinpath(f"{TINY_MODEL}.pt")
+    checkpoint = models_folder().joinpath(f"{TINY_MODEL}.safetensors")
     if not checkpoint.is_file():
         raise ClipModelError(
             f"the shipped test checkpoint {checkpoint} is missing: reinstall altsieve, or recreate it with "
@@ -351,12 +351,15 @@ def _load(spec: ClipSpec) -> ClipScorer:
             f"{_LOCAL_CHECKPOINT_HELP}"
         ) from err
     model.eval()
-    config = open_clip.get_model_config(spec.model) or {}
+    embed_dim = (open_clip.get_model_config(spec.model) or {}).get("embed_dim")
+    if embed_dim is None:  # a config without it: ask the model
+        with torch.inference_mode():
+            embed_dim = model.encode_text(tokenizer(["a"])).shape[-1]
     identity = {
         "model": spec.model,
         "pretrained": spec.pretrained,
         "weights_sha256": weights_sha256(model),
-        "embed_dim": int(config.get("embed_dim") or model.text_projection.shape[-1]),
+        "embed_dim": int(embed_dim),
     }
     model = _apply_precision(model, spec.precision, spec.device)
     model.eval()
@@ -507,8 +510,10 @@ class _Models:
                 spec = ClipSpec(override.model, override.pretrained, config.precision, config.device)
                 self.by_bucket[bucket] = ClipScorer.load(spec)
         tags = config.tags
-        self.nsfw_prompts = self.main.embed_texts([*tags.nsfw_prompts, *tags.nsfw_negative_prompts])
-        self.watermark_prompts = self.main.embed_texts([*tags.watermark_prompts, *tags.watermark_negative_prompts])
+        self.nsfw_prompts = self.watermark_prompts = np.zeros((0, self.main.embed_dim), dtype=np.float32)
+        if tags.enabled:  # the prompts are embedded once per worker, not per batch
+            self.nsfw_prompts = self.main.embed_texts([*tags.nsfw_prompts, *tags.nsfw_negative_prompts])
+            self.watermark_prompts = self.main.embed_texts([*tags.watermark_prompts, *tags.watermark_negative_prompts])
 
 
 def score_records(models: _Models, config: ClipConfig, language: LanguageConfig,

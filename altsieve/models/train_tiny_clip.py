@@ -2,18 +2,18 @@
 
 Real CLIP weights cannot be fetched on the project's machines, yet the CLIP stage must be tested on
 a model whose scores mean something. So this script trains a small open_clip custom config
-(``altsieve-tiny-clip.json``: ViT of 3 layers at 64 px, text tower of width 64; 3.96M parameters,
+(``altsieve-tiny-clip.json``: ViT of 3 layers at 64 px, patch 16, text tower of width 64; 3.96M parameters,
 7.9 MB as fp16, 6.3 MB of them the 49,408-row token table that open_clip's tokenizer needs) on
 the test corpus's own kind of scenes: shapes, colours, positions, counts and backgrounds drawn by
 ``altsieve.testcorpus.scenes.draw_scene`` at the corpus's 320x240, with true captions in English
 and Chinese from ``caption_for``. It knows nothing else: a photo of a dog gets a meaningless score.
 
-    .venv/bin/python -m altsieve.models.train_tiny_clip            # writes altsieve-tiny-clip.pt beside this file
+    .venv/bin/python -m altsieve.models.train_tiny_clip   # writes altsieve-tiny-clip.safetensors beside this file
 
 Deterministic: every random choice comes from the seeds below (scene pool, batch order, caption
 templates, torch.manual_seed), torch runs with deterministic algorithms on a fixed thread count,
 and the pool is rendered in fixed order; the same CPU kind and thread count give the same bytes
-(``--check`` retrains and compares the sha256). It takes about 4 minutes on 2 CPU cores.
+(``--check`` retrains and compares the sha256). It takes about 3 minutes on 2 CPU cores.
 
 The images are seen the way the pipeline shows them to the model: the ingest pass resizes the
 320x240 image (``border`` mode by default: 256x192 padded with white to 256x256; ``center_crop``
@@ -40,7 +40,9 @@ import numpy as np
 MODEL_NAME = "altsieve-tiny-clip"
 HERE = Path(__file__).resolve().parent
 CONFIG_PATH = HERE / f"{MODEL_NAME}.json"
-CHECKPOINT_PATH = HERE / f"{MODEL_NAME}.pt"
+# safetensors, not torch.save: the same tensors give the same bytes (torch.save adds a random serialization id),
+# and loading it runs no pickle. open_clip reads it as it is (its load_state_dict knows the suffix).
+CHECKPOINT_PATH = HERE / f"{MODEL_NAME}.safetensors"
 REPORT_PATH = HERE / f"{MODEL_NAME}.train.json"
 CORPUS_SIZE = (320, 240)  # the test corpus's image size (TestCorpus.image_size)
 PIPELINE_SIZE = 256  # the default recipe's image.image_size
@@ -179,8 +181,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             recent = sum(losses[-50:]) / len(losses[-50:])
             print(f"step {step:4d}  loss {recent:.3f}  lr {lr:.2e}  {time.time() - started:.0f} s", flush=True)
     model.eval()
+    from safetensors.torch import save_file
+
     state = {name: tensor.detach().to(torch.float16).contiguous() for name, tensor in model.state_dict().items()}
-    torch.save(state, args.out)
+    save_file(state, str(args.out))
     return {"train_seconds": round(time.time() - started, 1), "final_loss": round(sum(losses[-50:]) / 50, 4)}
 
 
@@ -231,12 +235,13 @@ def main(argv: list[str] | None = None) -> int:
 
         reference = args.out
         with tempfile.TemporaryDirectory() as folder:
-            args.out = Path(folder) / "retrained.pt"
+            args.out = Path(folder) / "retrained.safetensors"
             train(args)
             same = sha256_of(args.out) == sha256_of(reference)
         print("identical to", reference if same else f"DIFFERENT from {reference}")
         return 0 if same else 1
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items() if k != "check"}}
+    report["args"]["out"] = args.out.name
     report.update(train(args))
     report["bytes"] = args.out.stat().st_size
     report["sha256"] = sha256_of(args.out)
