@@ -119,7 +119,9 @@ def truth_cluster(corpus: TestCorpus) -> dict[str, str]:
 def test_planted_duplicates_against_the_truth(planted, planted_rows, tmp_path, capsys) -> None:
     config = load_config("default")
     rules = corpus_rules(config)
-    assert [name for name, _ in rules][-3:] == ["ExactUrlCaption", "ExactDuplicates", "PerceptualDuplicates"]
+    assert [name for name, _ in rules][-3:] == [
+        f"NearDuplicateFilter/{name}" for name in ("ExactUrlCaption", "ExactDuplicates", "PerceptualDuplicates")
+    ]
     drops = by_key(run_rules(rules, planted_rows, tmp_path))
     cluster = truth_cluster(planted)
     hashes = {row["key"]: row["phash"] for row in planted_rows}
@@ -505,7 +507,7 @@ def test_decontamination_embeds_eval_images_with_the_runs_clip_model(planted, tm
     # The wiring: clip.enabled makes the rule embed the evaluation images with clip's model.
     config = load_config("default", [{"clip": {"enabled": True, "pretrained": "random"},
                                       "dedup": {"decontamination": {"eval_sets": [str(tmp_path / "evalset")]}}}])
-    assert dict(corpus_rules(config, str(output)))["Decontaminate"].embed_spec == spec
+    assert dict(corpus_rules(config, str(output)))["NearDuplicateFilter/Decontaminate"].embed_spec == spec
 
 
 def test_semantic_without_embeddings_is_one_clear_error(tmp_path) -> None:
