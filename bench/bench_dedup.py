@@ -45,8 +45,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _proc import tree_rss_bytes  # bench/_proc.py: scripts here run with bench/ on sys.path
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
 ROWS_PER_PARTITION = 10_000
 METHODS = ("exact", "phash", "exact+phash", "select", "semantic", "captions")
 EMBEDDING_DIM = 512
@@ -313,29 +313,6 @@ def run_one(method: str, n_rows: int, folder: str, result_path: str) -> None:
     _ = reasons
     with open(result_path, "w") as handle:
         json.dump({"seconds": elapsed, "drops": counts}, handle)
-
-
-def tree_rss_bytes(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/statm") as handle:
-                rss[int(entry)] = int(handle.read().split()[1]) * PAGE
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    total, pending = 0, [root]
-    while pending:
-        pid = pending.pop()
-        total += rss.get(pid, 0)
-        pending.extend(children.get(pid, []))
-    return total
 
 
 def measure(method: str, n_rows: int, folder: str) -> dict:

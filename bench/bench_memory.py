@@ -11,7 +11,6 @@ the duration and pairs/s. Target: peak under 4 GiB.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -21,34 +20,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _proc import tree_rss_bytes  # bench/_proc.py: scripts here run with bench/ on sys.path
 
 from altsieve.testcorpus.generator import generate_corpus
 from altsieve.testcorpus.server import CorpusServer
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def tree_rss_bytes(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/statm") as handle:
-                rss[int(entry)] = int(handle.read().split()[1]) * PAGE
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    total, pending = 0, [root]
-    while pending:
-        pid = pending.pop()
-        total += rss.get(pid, 0)
-        pending.extend(children.get(pid, []))
-    return total
 
 
 def write_input(path: Path, base_url: str, urls: int, image_paths: list[str]) -> None:
