@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import resources
 
 from altsieve import reasons
@@ -138,20 +138,7 @@ class PhraseMatcher:
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Non-overlapping (start, end) of the phrases in ``text``, longest first where they overlap."""
-        if self.empty:
-            return []
-        folded = text.lower()
-        if len(folded) != len(text):  # rare letters whose lower case is longer: search the text as it is
-            folded = text
-        found = []
-        for end, (length, word_start, word_end) in self._automaton.iter(folded):
-            start = end - length + 1
-            if word_start and start > 0 and _is_word_char(folded[start - 1]):
-                continue
-            if word_end and end + 1 < len(folded) and _is_word_char(folded[end + 1]):
-                continue
-            found.append((start, end + 1))
-        found.sort(key=lambda span: (span[0], -span[1]))
+        found = sorted(self._whole_word_matches(text), key=lambda span: (span[0], -span[1]))
         spans: list[tuple[int, int]] = []
         for start, stop in found:
             if not spans or start >= spans[-1][1]:
@@ -159,8 +146,23 @@ class PhraseMatcher:
         return spans
 
     def contains(self, text: str) -> bool:
+        # The first whole-word match settles it: no list, no sort (this runs on every caption).
+        return next(self._whole_word_matches(text), None) is not None
+
+    def _whole_word_matches(self, text: str) -> Iterator[tuple[int, int]]:
+        """(start, stop) of every listed phrase that stands as whole words in ``text``, case-insensitively."""
         if self.empty:
-            return False
+            return
+        folded = text.lower()
+        if len(folded) != len(text):  # rare letters whose lower case is longer: search the text as it is
+            folded = text
+        for end, (length, word_start, word_end) in self._automaton.iter(folded):
+            start = end - length + 1
+            if word_start and start > 0 and _is_word_char(folded[start - 1]):
+                continue
+            if word_end and end + 1 < len(folded) and _is_word_char(folded[end + 1]):
+                continue
+            yield start, end + 1
         folded = text.lower()
         if len(folded) != len(text):
             folded = text
