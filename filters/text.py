@@ -163,18 +163,6 @@ class PhraseMatcher:
             if word_end and end + 1 < len(folded) and _is_word_char(folded[end + 1]):
                 continue
             yield start, end + 1
-        folded = text.lower()
-        if len(folded) != len(text):
-            folded = text
-        # The first whole-word match settles it: no list, no sort (this runs on every caption).
-        for end, (length, word_start, word_end) in self._automaton.iter(folded):
-            start = end - length + 1
-            if word_start and start > 0 and _is_word_char(folded[start - 1]):
-                continue
-            if word_end and end + 1 < len(folded) and _is_word_char(folded[end + 1]):
-                continue
-            return True
-        return False
 
     def replace(self, text: str, placeholder: str) -> str:
         spans = self.spans(text)
