@@ -189,23 +189,19 @@ def list_crawl_files(
             found.extend(read_listing(spec, cc_base_url))
             continue
         fs, _, paths = fsspec.get_fs_token_paths(spec)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-
-        def qualify(p: str, protocol: str = protocol) -> str:
-            return p if protocol in ("file", "local") else f"{protocol}://{p}"
 
         if not paths:
             raise CrawlInputError(f"input {spec}: no file matches")
         for path in sorted(paths):
             if fs.isdir(path):
                 inside = sorted(p for p in fs.find(path) if not p.rsplit("/", 1)[-1].startswith((".", "_")))
-                found.extend(qualify(p) for p in inside if _safe_kind(p) in ("warc", "wat"))
+                found.extend(fsutil.qualified(fs, p) for p in inside if _safe_kind(p) in ("warc", "wat"))
             elif not fs.exists(path):
                 raise CrawlInputError(f"input {spec}: no such file")
             elif crawl_kind(path) == "paths":
-                found.extend(read_listing(qualify(path), cc_base_url))
+                found.extend(read_listing(fsutil.qualified(fs, path), cc_base_url))
             else:
-                found.append(qualify(path))
+                found.append(fsutil.qualified(fs, path))
     unique = list(dict.fromkeys(found))
     if limit is not None:
         unique = unique[:limit]

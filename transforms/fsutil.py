@@ -35,13 +35,15 @@ def makedirs(path: str) -> None:
     fs.makedirs(resolved, exist_ok=True)
 
 
+def qualified(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path the filesystem listed, as a URL any fsspec call opens again (local paths stay plain)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
 def glob(pattern: str) -> list[str]:
     fs, _, _ = fsspec.get_fs_token_paths(pattern)
-    paths = fs.glob(fs._strip_protocol(pattern))
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        return sorted(paths)
-    return sorted(f"{protocol}://{p}" for p in paths)
+    return sorted(qualified(fs, p) for p in fs.glob(fs._strip_protocol(pattern)))
 
 
 @contextmanager

@@ -80,10 +80,6 @@ def list_input_files(inputs: list[str], declared_format: str = "auto") -> list[I
     found: list[str] = []
     for spec in inputs:
         fs, _, paths = fsspec.get_fs_token_paths(spec)
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-
-        def qualify(p: str, protocol: str = protocol) -> str:
-            return p if protocol in ("file", "local") else f"{protocol}://{p}"
 
         if not paths:
             raise InputError(f"input {spec}: no file matches")
@@ -94,9 +90,9 @@ def list_input_files(inputs: list[str], declared_format: str = "auto") -> list[I
                 )
                 if not inside and declared_format == "auto":
                     raise InputError(f"input folder {spec} holds no .parquet, .csv, .tsv or .jsonl file")
-                found.extend(qualify(p) for p in inside)
+                found.extend(fsutil.qualified(fs, p) for p in inside)
             elif fs.exists(path):
-                found.append(qualify(path))
+                found.append(fsutil.qualified(fs, path))
             else:
                 raise InputError(f"input {spec}: no such file")
     unique = sorted(dict.fromkeys(found))
