@@ -23,3 +23,4 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/python .ci/lint_imports.py

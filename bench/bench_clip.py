@@ -59,7 +59,7 @@ def make_pairs(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def clip_config(model: str, pretrained: str, precision: str, batch: int, device: str) -> Any:
-    from altsieve.pipeline.config import load_config
+    from altsieve.core.config import load_config
 
     return load_config(None, [{"clip": {"enabled": True, "model": model, "pretrained": pretrained,
                                         "precision": precision, "batch_size": batch, "device": device}}])
@@ -71,13 +71,16 @@ def _fresh(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def time_stage(models: Any, config: Any, records: list[dict[str, Any]], batch: int) -> tuple[float, float, np.ndarray]:
     """Wall and CPU seconds for score_records over all pairs in batches, and the scores."""
+    from altsieve.core import reasons
+    from altsieve.filters.base import RuleSet
     from altsieve.transforms.clip import score_records
 
+    rules = RuleSet.for_stages(config, reasons.CLIP)
     work = _fresh(records)
     sync = _sync_for(config.clip.device)
     started, cpu_started = time.perf_counter(), time.process_time()
     for start in range(0, len(work), batch):
-        score_records(models, config.clip, config.language, work[start : start + batch])
+        score_records(models, config.clip, config.language, work[start : start + batch], rules)
     sync()
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     return seconds, cpu_seconds, np.array([r["clip_score"] for r in work], dtype=np.float32)
@@ -192,7 +195,7 @@ def time_beam(config: Any, records: list[dict[str, Any]]) -> float:
     clip._LOADED.clear()  # a worker starts without the model
     started = time.perf_counter()
     with beam.Pipeline(argv=["--direct_num_workers=1"]) as pipeline:
-        _ = (pipeline | beam.Create(_fresh(records)) | clip.ClipScore(config.clip, config.language)
+        _ = (pipeline | beam.Create(_fresh(records)) | clip.ClipScore(config)
              | beam.combiners.Count.Globally())
     return time.perf_counter() - started
 

@@ -196,8 +196,8 @@ def synthetic_embeddings(partition: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_embeddings(output: Path, partitions: int) -> None:
+    from altsieve.core import layout
     from altsieve.dedup.embeddings import embeddings_path
-    from altsieve.pipeline import layout
 
     identity = {"model": "synthetic", "pretrained": None, "weights_sha256": "0" * 64, "embed_dim": EMBEDDING_DIM}
     Path(layout.meta(str(output), "")).mkdir(parents=True, exist_ok=True)
@@ -222,7 +222,7 @@ def write_candidates(output: Path, n_rows: int) -> None:
     """Candidate Parquet files as the ingest writes them, and its completion record, for the select pass."""
     import pyarrow.parquet as pq
 
-    from altsieve.pipeline import layout
+    from altsieve.core import layout
     from altsieve.transforms import shards
 
     partitions = [f"{p:05d}" for p in range(n_rows // ROWS_PER_PARTITION)]
@@ -241,8 +241,8 @@ def run_select_pass(n_rows: int, folder: str) -> dict:
 
     import pyarrow.parquet as pq
 
-    from altsieve.pipeline import layout
-    from altsieve.pipeline.config import load_config
+    from altsieve.core import layout
+    from altsieve.core.config import load_config
     from altsieve.pipeline.select import run_select
 
     output = os.path.join(folder, f"select-{n_rows}")
@@ -263,7 +263,7 @@ def run_one(method: str, n_rows: int, folder: str, result_path: str) -> None:
         return
     import apache_beam as beam
 
-    from altsieve import reasons
+    from altsieve.core import reasons
     from altsieve.dedup.captions import CaptionDuplicateFilter
     from altsieve.dedup.exact import ExactDuplicateFilter
     from altsieve.dedup.perceptual import PerceptualDuplicateFilter

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from altsieve.pipeline.config import CaptionRulesConfig, LanguageConfig, TextRulesConfig, load_config
+from altsieve.core.config import CaptionRulesConfig, Config, RulesConfig, TextRulesConfig, load_config
 from altsieve.testcorpus.generator import BOILERPLATE_CAPTIONS, SHARED_CAPTIONS
 from altsieve.testcorpus.scenes import caption_for, random_scene
 from altsieve.transforms.text_rules import TextCuration
@@ -89,18 +89,17 @@ def main(argv: list[str] | None = None) -> int:
         letters = "abcdefghijklmnopqrstuvwxyz"
         words = {"".join(rng.choice(letters) for _ in range(rng.randint(5, 9))) for _ in range(990)}
         blacklist.write_text("\n".join(sorted(words) + ["敏感词", "违禁品"]) + "\n", encoding="utf-8")
-        all_rules = TextCuration(
-            CaptionRulesConfig(min_chars=2, max_chars=1000),
-            TextRulesConfig(boilerplate=True, blacklist_file=str(blacklist), contact_info="remove",
-                            languages=["en", "zh", "ja", "de", "fr", "es", "ru", "ko", "it", "nl", "ar", "pt"],
-                            min_language_score=0.3, scrub_person_names=True),
-            LanguageConfig(),
-        )
+        all_rules = TextCuration(Config(rules=RulesConfig(
+            caption=CaptionRulesConfig(min_chars=2, max_chars=1000),
+            text=TextRulesConfig(boilerplate=True, blacklist_file=str(blacklist), contact_info="remove",
+                                 languages=["en", "zh", "ja", "de", "fr", "es", "ru", "ko", "it", "nl", "ar", "pt"],
+                                 min_language_score=0.3, scrub_person_names=True),
+        )))
         seconds, kept = measure(all_rules, captions)
         print(f"LanguageTag + all text rules: {len(captions) / seconds:,.0f} captions/s per core "
               f"({seconds:.1f} s, {kept} kept)")
     wukong = load_config("wukong")
-    seconds, kept = measure(TextCuration(wukong.rules.caption, wukong.rules.text, wukong.language), captions)
+    seconds, kept = measure(TextCuration(wukong), captions)
     print(f"wukong recipe's text rules:    {len(captions) / seconds:,.0f} captions/s per core "
           f"({seconds:.1f} s, {kept} kept)")
 

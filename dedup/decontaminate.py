@@ -39,7 +39,7 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
-from altsieve import reasons
+from altsieve.core import reasons
 from altsieve.dedup.embeddings import image_embeddings_for, unit_rows
 from altsieve.filters.corpus import CorpusRule
 from altsieve.transforms.imageops import ImageDecodeError, ImageOptions, int64_to_phash, process_image
@@ -369,8 +369,7 @@ class DecontaminationFilter(CorpusRule):
             | "FirstMatch" >> beam.Map(_first_match)
         )
         if self.output is not None:
-            from altsieve.pipeline import layout
-            from altsieve.transforms import fsutil
+            from altsieve.core import fsutil, layout
 
             path = layout.meta(self.output, "decontamination.json")
             eval_sets, eval_embeddings = self.eval_sets, self.eval_embeddings

@@ -12,7 +12,7 @@ import io
 import fsspec
 import numpy as np
 
-from altsieve.pipeline import layout
+from altsieve.core import layout
 
 
 def embeddings_path(output: str, partition_id: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from altsieve import reasons
+from altsieve.core import reasons
 from altsieve.filters.corpus import CorpusRule, Drop
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from altsieve import reasons
+from altsieve.core import reasons
 from altsieve.dedup.banding import DEFAULT_SHARD_BITS, BandedPairs
 from altsieve.dedup.resolve import DEFAULT_ROUNDS, drops_from_edges
 from altsieve.filters.corpus import CorpusRule

@@ -14,9 +14,9 @@ reason of its own); its decision then names the next one, so the audit follows t
 
 from __future__ import annotations
 
+from altsieve.core.config import Config, ConfigError
 from altsieve.dedup.exact import exact_rules
 from altsieve.filters.corpus import CorpusRule
-from altsieve.pipeline.config import Config, ConfigError
 
 
 def _require(module: str, setting: str) -> None:
@@ -31,8 +31,7 @@ def _require_embeddings(output: str | None, setting: str) -> None:
     """Rules on CLIP embeddings need the ingest to have written them: say so before any worker starts."""
     if output is None:
         return
-    from altsieve.pipeline import layout
-    from altsieve.transforms import fsutil
+    from altsieve.core import fsutil, layout
 
     if not fsutil.exists(layout.meta(output, "clip_model.json")):
         raise ConfigError(f"{setting} needs the CLIP embeddings of the ingest pass, and {output} has none: "

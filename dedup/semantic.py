@@ -36,7 +36,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from altsieve import reasons
+from altsieve.core import reasons
 from altsieve.dedup.embeddings import image_embeddings_for, unit_rows
 from altsieve.filters.corpus import CorpusRule, Drop
 
@@ -241,8 +241,7 @@ class _SumHistograms(beam.CombineFn):
 def _write_choice(output: str | None, record: dict[str, Any]) -> None:
     if output is None:
         return
-    from altsieve.pipeline import layout
-    from altsieve.transforms import fsutil
+    from altsieve.core import fsutil, layout
 
     fsutil.write_json(layout.meta(output, "semantic_dedup.json"), record)
 

@@ -1,4 +1,9 @@
-"""Keep the top fraction of the corpus by CLIP score (DataComp's CLIP-score filter): a select-pass corpus rule.
+"""The CLIP rules: per-pair thresholds on what ClipScore wrote, and the corpus's top fraction by CLIP score.
+
+Per pair (``PairRule``, run right after scoring): ``clip.min_score`` (or a language bucket's own
+threshold), ``clip.tags.drop_nsfw_above`` and ``clip.tags.drop_watermark_above``.
+
+Keep the top fraction of the corpus by CLIP score (DataComp's CLIP-score filter): a select-pass corpus rule.
 
 The cut is the exact k-th largest score, k = ceil(fraction x scored pairs), found without any worker
 holding the corpus: float32 scores map to order-preserving 32-bit keys; one global combine counts
@@ -17,8 +22,81 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from altsieve import reasons
+from altsieve.core import reasons
+from altsieve.core.config import Config, LanguageConfig, bucket_of
+from altsieve.filters.base import PairRule, Record, Verdict
 from altsieve.filters.corpus import CorpusRule, Drop
+
+# --- per pair --------------------------------------------------------------------------------------
+
+
+class ClipMinScore(PairRule):
+    """clip.min_score, or clip.per_language.<bucket>.min_score for a bucket that sets one (LAION-5B: en 0.28,
+    other languages 0.26 with a multilingual model): a pair whose clip_score is below it."""
+
+    stage, reasons = reasons.CLIP, (reasons.CLIP_SCORE_BELOW_THRESHOLD,)
+
+    def __init__(self, min_score: float | None, per_bucket: dict[str, float | None], language: LanguageConfig) -> None:
+        self.min_score, self.per_bucket, self.language = min_score, per_bucket, language
+
+    @classmethod
+    def from_config(cls, config: Config) -> ClipMinScore | None:
+        clip = config.clip
+        per_bucket = {bucket: override.min_score for bucket, override in clip.per_language.items()}
+        if not clip.enabled or (clip.min_score is None and not any(v is not None for v in per_bucket.values())):
+            return None
+        return cls(clip.min_score, per_bucket, config.language)
+
+    def check(self, record: Record) -> Verdict:
+        score = record.get("clip_score")
+        if score is None:
+            return None
+        threshold = self.min_score
+        if self.per_bucket:  # a bucket listed in per_language has its own threshold (None: never dropped)
+            bucket = bucket_of(record.get("language"), record.get("language_score"), self.language)
+            threshold = self.per_bucket.get(bucket, self.min_score)
+        return reasons.CLIP_SCORE_BELOW_THRESHOLD if threshold is not None and score < threshold else None
+
+
+class ClipNsfw(PairRule):
+    """clip.tags.drop_nsfw_above: the zero-shot NSFW probability above it (LAION tagged only: off by default)."""
+
+    stage, reasons = reasons.CLIP, (reasons.CLIP_NSFW,)
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+
+    @classmethod
+    def from_config(cls, config: Config) -> ClipNsfw | None:
+        tags = config.clip.tags
+        return cls(tags.drop_nsfw_above) if config.clip.enabled and tags.enabled and \
+            tags.drop_nsfw_above is not None else None
+
+    def check(self, record: Record) -> Verdict:
+        score = record.get("nsfw_score")
+        return reasons.CLIP_NSFW if score is not None and float(score) > self.bound else None
+
+
+class ClipWatermark(PairRule):
+    """clip.tags.drop_watermark_above: the zero-shot watermark probability above it (off by default)."""
+
+    stage, reasons = reasons.CLIP, (reasons.CLIP_WATERMARK,)
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+
+    @classmethod
+    def from_config(cls, config: Config) -> ClipWatermark | None:
+        tags = config.clip.tags
+        return cls(tags.drop_watermark_above) if config.clip.enabled and tags.enabled and \
+            tags.drop_watermark_above is not None else None
+
+    def check(self, record: Record) -> Verdict:
+        score = record.get("watermark_score")
+        return reasons.CLIP_WATERMARK if score is not None and float(score) > self.bound else None
+
+
+# --- corpus-wide: the top fraction -----------------------------------------------------------------
 
 _BINS = 1 << 16
 

@@ -10,6 +10,12 @@ pair.
 from __future__ import annotations
 
 import apache_beam as beam
+import pyarrow as pa
+
+from altsieve.core.layout import Column
+
+# The select pass's field beside ``reason``: the kept pair (or "eval:{set}/{item}") a dropped pair duplicates.
+COLUMNS = (Column("duplicate_of", pa.string(), "the pair a duplicate_* drop duplicates"),)
 
 # (partition_id, (key, reason, duplicate_of))
 Drop = tuple[str, tuple[str, str, str | None]]

@@ -29,9 +29,9 @@ from typing import Any
 
 import apache_beam as beam
 
-from altsieve import reasons
+from altsieve.core import reasons
+from altsieve.core.config import CorpusRulesConfig
 from altsieve.filters.corpus import CorpusRule, Drop
-from altsieve.pipeline.config import CorpusRulesConfig
 
 
 def caption_digest(caption: str | None) -> bytes:

@@ -9,7 +9,7 @@ made one space. Not done, on purpose: NFKC (it rewrites full-width CJK punctuati
 and units such as ㎡ in the caption a model is trained on), case folding, and removing ZWJ/ZWNJ
 (they carry meaning in emoji sequences and in Persian and Indic writing).
 
-The rules keep the contract of ``filters.base``: ``check(record) -> None`` or a reason code.
+The rules keep the contract of ``filters.base.PairRule``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from importlib import resources
 
-from altsieve import reasons
-from altsieve.filters.base import Record, Rule
-from altsieve.pipeline.config import TextRulesConfig
+from altsieve.core import reasons
+from altsieve.core.config import Config
+from altsieve.filters.base import PairRule, Record, Verdict
 
 # --- normalisation ----------------------------------------------------------------------------
 
@@ -233,36 +233,103 @@ def _caption(record: Record) -> str:
     return caption if isinstance(caption, str) else ""
 
 
-def text_rules(config: TextRulesConfig) -> list[Rule]:
-    """The rules on the caption alone (no language label needed), cheapest first."""
-    rules: list[Rule] = []
-    if config.contact_info == "drop":
-        rules.append(
-            Rule("contact_info", lambda r: reasons.TEXT_CONTACT_INFO if has_contact_info(_caption(r)) else None)
-        )
-    if config.boilerplate or config.boilerplate_file:
-        entries = shipped_boilerplate() if config.boilerplate else []
-        if config.boilerplate_file:
-            entries += read_word_list(config.boilerplate_file)
-        is_boilerplate = Boilerplate(entries)
-        rules.append(Rule("boilerplate", lambda r: reasons.TEXT_BOILERPLATE if is_boilerplate(_caption(r)) else None))
-    if config.blacklist_file:
-        words = PhraseMatcher(read_word_list(config.blacklist_file))
-        rules.append(Rule("blacklist", lambda r: reasons.TEXT_BLACKLIST if words.contains(_caption(r)) else None))
-    return rules
+class ContactInfo(PairRule):
+    """rules.text.contact_info: drop: a caption holding a URL, an e-mail address or a phone number."""
+
+    stage, reasons = reasons.TEXT, (reasons.TEXT_CONTACT_INFO,)
+
+    @classmethod
+    def from_config(cls, config: Config) -> ContactInfo | None:
+        return cls() if config.rules.text.contact_info == "drop" else None
+
+    def check(self, record: Record) -> Verdict:
+        return reasons.TEXT_CONTACT_INFO if has_contact_info(_caption(record)) else None
 
 
-def language_rules(config: TextRulesConfig) -> list[Rule]:
-    """Rules on the LanguageTag fields (``language``, ``language_score``, ``script_shares``)."""
-    rules: list[Rule] = []
-    if config.require_han:
-        rules.append(Rule("require_han", lambda r: None if (r.get("script_shares") or {}).get("han") else
-                          reasons.TEXT_NO_HAN))
-    if config.languages:
-        allowed = frozenset(config.languages)
-        rules.append(Rule("languages", lambda r: None if r.get("language") in allowed else reasons.TEXT_LANGUAGE))
-    if config.min_language_score is not None:
-        low = config.min_language_score
-        rules.append(Rule("min_language_score", lambda r: reasons.TEXT_LANGUAGE_SCORE
-                          if float(r.get("language_score") or 0.0) < low else None))
-    return rules
+class BoilerplateCaption(PairRule):
+    """rules.text.boilerplate / boilerplate_file: a meaningless caption ("image", "图片", a file name, a size)."""
+
+    stage, reasons = reasons.TEXT, (reasons.TEXT_BOILERPLATE,)
+
+    def __init__(self, entries: list[str]) -> None:
+        self.is_boilerplate = Boilerplate(entries)
+
+    @classmethod
+    def from_config(cls, config: Config) -> BoilerplateCaption | None:
+        text = config.rules.text
+        if not (text.boilerplate or text.boilerplate_file):
+            return None
+        entries = shipped_boilerplate() if text.boilerplate else []
+        if text.boilerplate_file:
+            entries += read_word_list(text.boilerplate_file)
+        return cls(entries)
+
+    def check(self, record: Record) -> Verdict:
+        return reasons.TEXT_BOILERPLATE if self.is_boilerplate(_caption(record)) else None
+
+
+class Blacklist(PairRule):
+    """rules.text.blacklist_file: a caption holding a word of the user's sensitive-word list."""
+
+    stage, reasons = reasons.TEXT, (reasons.TEXT_BLACKLIST,)
+
+    def __init__(self, words: list[str]) -> None:
+        self.words = PhraseMatcher(words)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Blacklist | None:
+        path = config.rules.text.blacklist_file
+        return None if path is None else cls(read_word_list(path))
+
+    def check(self, record: Record) -> Verdict:
+        return reasons.TEXT_BLACKLIST if self.words.contains(_caption(record)) else None
+
+
+class RequireHan(PairRule):
+    """rules.text.require_han: not one Han character (Wukong's "Chinese text")."""
+
+    stage, reasons = reasons.TEXT, (reasons.TEXT_NO_HAN,)
+    needs_language = True
+
+    @classmethod
+    def from_config(cls, config: Config) -> RequireHan | None:
+        return cls() if config.rules.text.require_han else None
+
+    def check(self, record: Record) -> Verdict:
+        return None if (record.get("script_shares") or {}).get("han") else reasons.TEXT_NO_HAN
+
+
+class LanguageAllowList(PairRule):
+    """rules.text.languages: a language label outside the allow-list (or no label)."""
+
+    stage, reasons = reasons.TEXT, (reasons.TEXT_LANGUAGE,)
+    needs_language = True
+
+    def __init__(self, languages: list[str]) -> None:
+        self.allowed = frozenset(languages)
+
+    @classmethod
+    def from_config(cls, config: Config) -> LanguageAllowList | None:
+        languages = config.rules.text.languages
+        return cls(languages) if languages else None
+
+    def check(self, record: Record) -> Verdict:
+        return None if record.get("language") in self.allowed else reasons.TEXT_LANGUAGE
+
+
+class MinLanguageScore(PairRule):
+    """rules.text.min_language_score: the language model's confidence below this."""
+
+    stage, reasons = reasons.TEXT, (reasons.TEXT_LANGUAGE_SCORE,)
+    needs_language = True
+
+    def __init__(self, min_score: float) -> None:
+        self.min_score = min_score
+
+    @classmethod
+    def from_config(cls, config: Config) -> MinLanguageScore | None:
+        bound = config.rules.text.min_language_score
+        return None if bound is None else cls(bound)
+
+    def check(self, record: Record) -> Verdict:
+        return reasons.TEXT_LANGUAGE_SCORE if float(record.get("language_score") or 0.0) < self.min_score else None

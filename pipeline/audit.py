@@ -36,12 +36,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from altsieve import __version__, reasons
-from altsieve.pipeline import layout
-from altsieve.pipeline.config import ConfigError
+from altsieve import __version__
+from altsieve.core import fsutil, layout, reasons
+from altsieve.core.config import ConfigError
 from altsieve.pipeline.published_funnels import published_funnels_json
-from altsieve.pipeline.report import FUNNEL_STAGES
-from altsieve.transforms import fsutil
 
 log = logging.getLogger("altsieve.audit")
 
@@ -311,7 +309,7 @@ _DOWNLOAD_PATTERNS: list[tuple[str, str]] = [
     (r"Name or service not known|getaddrinfo|nodename nor servname|No address associated", reasons.DOWNLOAD_DNS_ERROR),
     (r"unknown url type|no host given|Invalid URL|URL can't contain", reasons.URL_INVALID),
     (r"[Cc]onnection|Remote end closed|reset by peer|refused", reasons.DOWNLOAD_CONNECTION_ERROR),
-    (r"hash mismatch", "download_hash_mismatch"),
+    (r"hash mismatch", reasons.DOWNLOAD_HASH_MISMATCH),
 ]
 _RESIZE_PATTERNS: list[tuple[str, str]] = [
     (r"image too small", reasons.IMAGE_TOO_SMALL),
@@ -328,11 +326,12 @@ def img2dataset_reason(status: str | None, message: str | None) -> str | None:
     if status == reasons.STATUS_SUCCESS:
         return None
     if status == reasons.STATUS_FAILED_TO_DOWNLOAD:
-        return next((code for pattern, code in _DOWNLOAD_PATTERNS if re.search(pattern, message)), "download_error")
+        return next((code for pattern, code in _DOWNLOAD_PATTERNS if re.search(pattern, message)),
+                    reasons.DOWNLOAD_ERROR)
     if status == reasons.STATUS_FAILED_TO_RESIZE:
         return next((code for pattern, code in _RESIZE_PATTERNS if re.search(pattern, message)),
                     reasons.DECODE_ERROR)
-    return f"status_{status or 'missing'}"
+    return f"{reasons.UNKNOWN_STATUS_PREFIX}{status or 'missing'}"
 
 
 def _img2dataset_normalized(table: pa.Table) -> pa.Table:
@@ -631,61 +630,6 @@ class Aggregator:
 # Funnel
 
 
-_STAGE_NAMES = {
-    "url_": "valid URL",
-    "caption_": "caption rules",
-    "download_": "fetched",
-    "decode_": "decoded",
-    "image_": "image rules",
-    "text_": "language and text rules",
-    "clip_": "CLIP rules",
-    "duplicate_": "deduplicated",
-}
-
-
-def funnel(reason_counts: Counter[str], total: int) -> dict[str, Any]:
-    """Input pairs -> each stage -> kept, each rule and dedup method with its own count and percentages."""
-    dropped = {k: v for k, v in reason_counts.items() if k != "kept"}
-
-    def pct(n: int, of: int) -> float:
-        return round(100.0 * n / of, 2) if of else 0.0
-
-    stages = [{"stage": "input pairs", "remaining": total, "dropped": 0, "percent_of_input": 100.0 if total else 0.0,
-               "reasons": []}]
-    remaining = total
-    accounted: set[str] = set()
-    for _, prefix in FUNNEL_STAGES:
-        here = {k: v for k, v in sorted(dropped.items()) if k.startswith(prefix)}
-        accounted.update(here)
-        if not here and prefix not in ("download_", "decode_"):
-            continue
-        entering = remaining
-        remaining -= sum(here.values())
-        stages.append(_stage(_STAGE_NAMES.get(prefix, prefix), entering, remaining, here, total, pct))
-    other = {k: v for k, v in sorted(dropped.items()) if k not in accounted}
-    if other:
-        entering = remaining
-        remaining -= sum(other.values())
-        stages.append(_stage("other rules", entering, remaining, other, total, pct))
-    stages.append({"stage": "kept", "remaining": remaining, "dropped": 0,
-                   "percent_of_input": pct(remaining, total), "reasons": []})
-    return {"input_pairs": total, "kept": remaining, "kept_percent": pct(remaining, total), "stages": stages}
-
-
-def _stage(name: str, entering: int, remaining: int, here: dict[str, int], total: int,
-           pct: Callable[[int, int], float]) -> dict[str, Any]:
-    dropped = entering - remaining
-    return {
-        "stage": name,
-        "remaining": remaining,
-        "dropped": dropped,
-        "percent_of_input": pct(remaining, total),
-        "drop_percent_of_stage_input": pct(dropped, entering),
-        "reasons": [{"reason": r, "count": n, "percent_of_input": pct(n, total), "percent_of_stage_input":
-                     pct(n, entering)} for r, n in sorted(here.items(), key=lambda item: (-item[1], item[0]))],
-    }
-
-
 def comparison(own: dict[str, Any], label: str) -> list[dict[str, Any]]:
     """This corpus beside the published ones: input, download attempts, fetched, kept, as shares of input."""
     stages = {stage["stage"]: stage for stage in own["stages"]}
@@ -815,9 +759,9 @@ def audit(path: str, report_dir: str, samples_per_reason: int = 6, url_col: str 
     not_computed = result.pop("not_computed")
     reason_counts = {k: v for k, v in sorted(aggregator.reason_counts.items()) if k != "kept"}
     if source.has_outcomes:
-        funnel_json = funnel(aggregator.reason_counts, aggregator.rows)
+        funnel_json = reasons.funnel(aggregator.reason_counts)
     else:
-        funnel_json = funnel(Counter(), aggregator.rows)
+        funnel_json = reasons.funnel({"kept": aggregator.rows})
         funnel_json["stages"] = funnel_json["stages"][:1]
         funnel_json["kept"] = None
         funnel_json["kept_percent"] = None

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from altsieve import __version__
-from altsieve.pipeline.config import Config, ConfigError, builtin_recipe_names, load_config, parse_override
+from altsieve.core.config import Config, ConfigError, builtin_recipe_names, load_config, parse_override
 
 # Flag -> dotted config field. Each becomes an override applied after the recipe.
 FLAG_FIELDS: dict[str, tuple[str, Any]] = {
@@ -121,8 +121,7 @@ def _output_config(output: str) -> Config:
     import fsspec
     import yaml
 
-    from altsieve.pipeline import layout
-    from altsieve.transforms import fsutil
+    from altsieve.core import fsutil, layout
 
     path = layout.meta(output, "config.yaml")
     if not fsutil.exists(path):
@@ -152,7 +151,7 @@ def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str]
 def _print_summary(output: str) -> None:
     import fsspec
 
-    from altsieve.transforms import fsutil
+    from altsieve.core import fsutil
 
     with fsspec.open(fsutil.join(output, "summary.txt"), "rt", encoding="utf-8") as handle:
         print(handle.read(), end="")
@@ -237,7 +236,7 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
 
         serve_forever_cli(n_pairs=args.pairs, port=args.port, input_path=args.input, seed=args.seed)
         return 0
-    from altsieve.transforms import fsutil
+    from altsieve.core import fsutil
 
     check_beam_args(beam_args)
     if args.command == "demo":
@@ -307,7 +306,7 @@ def _extract(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _recipes(name: str | None) -> int:
-    from altsieve.pipeline.config import config_to_yaml
+    from altsieve.core.config import config_to_yaml
 
     if name:
         print(config_to_yaml(load_config(name)), end="")

@@ -13,8 +13,8 @@ from typing import Any
 import fsspec
 import pyarrow.parquet as pq
 
-from altsieve.pipeline.config import Config, load_config
-from altsieve.transforms import fsutil
+from altsieve.core import fsutil
+from altsieve.core.config import Config, load_config
 
 DEMO_OVERRIDES: dict[str, Any] = {
     "download": {

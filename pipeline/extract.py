@@ -15,10 +15,10 @@ from typing import Any
 
 import apache_beam as beam
 
-from altsieve import reasons
+from altsieve.core import fsutil, reasons
+from altsieve.core.config import Config, ConfigError
 from altsieve.pipeline.beam_run import run_pipeline
-from altsieve.pipeline.config import Config, ConfigError
-from altsieve.transforms import crawl, fsutil
+from altsieve.transforms import crawl
 from altsieve.transforms.crawl import CrawlFile, ExtractCrawlPairs, ExtractOptions
 
 STATS_NAME = "extract_stats.json"

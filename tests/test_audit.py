@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from altsieve import reasons
+from altsieve.core import reasons
 from altsieve.pipeline.audit import HIST_SPECS, audit, img2dataset_reason
 from altsieve.pipeline.audit_report import SECTIONS
 from altsieve.pipeline.cli import main, run_all

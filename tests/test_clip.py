@@ -21,9 +21,9 @@ import pytest
 
 pytest.importorskip("open_clip")
 
-from altsieve import reasons  # noqa: E402 - after the importorskip
+from altsieve.core import reasons  # noqa: E402 - after the importorskip
+from altsieve.core.config import ConfigError, load_config  # noqa: E402
 from altsieve.pipeline.cli import run_all  # noqa: E402
-from altsieve.pipeline.config import ConfigError, load_config  # noqa: E402
 from altsieve.pipeline.demo import demo_config  # noqa: E402
 from altsieve.testcorpus.generator import TestCorpus  # noqa: E402
 from altsieve.testcorpus.scenes import caption_for, draw_scene, mismatched_caption, random_scene  # noqa: E402
@@ -188,7 +188,7 @@ def test_stage_scores_in_batches_with_a_bucket_model_of_its_own(tiny) -> None:
         "en": {"min_score": 0.5}, "zh": {"model": clip.TINY_MODEL, "pretrained": "random", "min_score": None}}}}])
     _COLLECTED.clear()
     with beam.Pipeline() as pipeline:
-        scored = pipeline | beam.Create(records) | clip.ClipScore(config.clip, config.language)
+        scored = pipeline | beam.Create(records) | clip.ClipScore(config)
         scored | beam.Map(_collect)
     out = list(_COLLECTED)
     assert sorted(r["key"] for r in out) == sorted(r["key"] for r in records)

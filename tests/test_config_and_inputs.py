@@ -9,18 +9,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from altsieve import reasons
-from altsieve.filters.base import first_reason
-from altsieve.filters.caption import caption_rules, count_words
-from altsieve.filters.image import file_size_rules, image_rules
-from altsieve.pipeline.cli import build_parser, check_beam_args, config_from_args
-from altsieve.pipeline.config import (
+from altsieve.core import reasons
+from altsieve.core.config import (
     CaptionRulesConfig,
+    Config,
     ConfigError,
     ImageRulesConfig,
+    RulesConfig,
     builtin_recipe_names,
     load_config,
 )
+from altsieve.filters.base import RuleSet
+from altsieve.filters.caption import count_words
+from altsieve.pipeline.cli import build_parser, check_beam_args, config_from_args
+from altsieve.transforms.decode import image_rule_sets
 from altsieve.transforms.read_inputs import InputError, iter_partitions, list_input_files, sniff_input
 
 
@@ -72,23 +74,24 @@ def test_caption_rules_count_cjk_characters_as_words() -> None:
     assert count_words("two red circles") == 3
     assert count_words("一只猫坐在沙发上") == 8
     assert count_words("Foto 猫") == 2
-    rules = caption_rules(CaptionRulesConfig(min_chars=5, max_words=4))
-    assert first_reason(rules, {"caption": "  "}) == reasons.CAPTION_EMPTY
-    assert first_reason(rules, {"caption": "cat"}) == reasons.CAPTION_TOO_SHORT_CHARS
-    assert first_reason(rules, {"caption": "a b c d e f"}) == reasons.CAPTION_TOO_MANY_WORDS
-    assert first_reason(rules, {"caption": "a red cat"}) is None
+    rules = RuleSet.for_stages(Config(rules=RulesConfig(caption=CaptionRulesConfig(min_chars=5, max_words=4))),
+                               reasons.CAPTION)
+    assert rules.first_reason({"caption": "  "}) == reasons.CAPTION_EMPTY
+    assert rules.first_reason({"caption": "cat"}) == reasons.CAPTION_TOO_SHORT_CHARS
+    assert rules.first_reason({"caption": "a b c d e f"}) == reasons.CAPTION_TOO_MANY_WORDS
+    assert rules.first_reason({"caption": "a red cat"}) is None
 
 
 def test_image_rules() -> None:
     config = ImageRulesConfig(min_side=100, max_aspect_ratio=3, min_pixels=20_000, max_pixels=10**6,
                               min_file_bytes=5000)
-    rules = image_rules(config)
-    assert first_reason(rules, {"original_width": 50, "original_height": 400}) == reasons.IMAGE_TOO_SMALL
-    assert first_reason(rules, {"original_width": 1000, "original_height": 200}) == reasons.IMAGE_ASPECT_RATIO
-    assert first_reason(rules, {"original_width": 120, "original_height": 120}) == reasons.IMAGE_TOO_FEW_PIXELS
-    assert first_reason(rules, {"original_width": 2000, "original_height": 1000}) == reasons.IMAGE_TOO_MANY_PIXELS
-    assert first_reason(rules, {"original_width": 400, "original_height": 300}) is None
-    assert first_reason(file_size_rules(config), {"bytes": 4000}) == reasons.IMAGE_FILE_TOO_SMALL
+    before, rules = image_rule_sets(Config(rules=RulesConfig(image=config)))
+    assert rules.first_reason({"original_width": 50, "original_height": 400}) == reasons.IMAGE_TOO_SMALL
+    assert rules.first_reason({"original_width": 1000, "original_height": 200}) == reasons.IMAGE_ASPECT_RATIO
+    assert rules.first_reason({"original_width": 120, "original_height": 120}) == reasons.IMAGE_TOO_FEW_PIXELS
+    assert rules.first_reason({"original_width": 2000, "original_height": 1000}) == reasons.IMAGE_TOO_MANY_PIXELS
+    assert rules.first_reason({"original_width": 400, "original_height": 300}) is None
+    assert before.first_reason({"bytes": 4000}) == reasons.IMAGE_FILE_TOO_SMALL
 
 
 ROWS = [{"url": f"http://example.com/{i}.jpg", "caption": f"caption {i}", "source_id": f"s{i}"} for i in range(7)]

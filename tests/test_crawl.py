@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from altsieve import reasons
+from altsieve.core import reasons
 from altsieve.pipeline.cli import main, run_all
 from altsieve.pipeline.demo import demo_config
 from altsieve.pipeline.extract import STATS_NAME, run_extract

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from altsieve import reasons
+from altsieve.core import layout, reasons
+from altsieve.core.config import ConfigError, load_config
 from altsieve.dedup.captions import CaptionDuplicateFilter, signatures
 from altsieve.dedup.decontaminate import DecontaminationFilter
 from altsieve.dedup.exact import ExactDuplicateFilter, exact_rules
@@ -34,8 +35,6 @@ from altsieve.dedup.perceptual import PerceptualDuplicateFilter, band_layout, ha
 from altsieve.dedup.resolve import GreedyResolve, sequential_greedy
 from altsieve.dedup.semantic import SemanticDuplicateFilter, histogram, threshold_for_fraction
 from altsieve.filters.corpus import CorpusRule
-from altsieve.pipeline import layout
-from altsieve.pipeline.config import ConfigError, load_config
 from altsieve.pipeline.select import _survivors, corpus_rules, run_select
 from altsieve.testcorpus.generator import TestCorpus, generate_corpus
 from altsieve.transforms import shards

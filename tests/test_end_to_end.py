@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from altsieve import reasons
+from altsieve.core import reasons
 from altsieve.pipeline.cli import run_all
 from altsieve.pipeline.demo import DEMO_OVERRIDES, demo_config
 from altsieve.testcorpus.generator import EXPECTED_REASON, TestCorpus
@@ -58,7 +58,7 @@ def served_image(corpus: TestCorpus, pair) -> bytes:
 def expected_reasons(corpus: TestCorpus) -> dict[int, str | None]:
     """pair_id -> expected final reason: the label's rule, then exact duplicates by served bytes, then pHash
     duplicates (within the default distance of a kept pair with a smaller key) of the served images."""
-    from altsieve.pipeline.config import DedupConfig
+    from altsieve.core.config import DedupConfig
     from altsieve.transforms.imageops import hamming64, process_image
 
     expected = {pair.pair_id: EXPECTED_BY_LABEL[pair.label] for pair in corpus.pairs}

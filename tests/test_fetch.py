@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
-from altsieve import reasons
+from altsieve.core import reasons
 from altsieve.transforms.fetch import (
     Fetcher,
     FetchOptions,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
-from altsieve import reasons
+from altsieve.core import reasons
 from altsieve.transforms.imageops import (
     ImageDecodeError,
     ImageOptions,

@@ -23,8 +23,17 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from altsieve import reasons
-from altsieve.filters.base import first_reason
+from altsieve.core import reasons
+from altsieve.core.config import (
+    Config,
+    ConfigError,
+    LanguageConfig,
+    RulesConfig,
+    TextRulesConfig,
+    bucket_of,
+    load_config,
+)
+from altsieve.filters.base import RuleSet
 from altsieve.filters.corpus_text import (
     ManyCaptionsImageRule,
     RareTokenRule,
@@ -32,13 +41,19 @@ from altsieve.filters.corpus_text import (
     caption_tokens,
     count_threshold,
 )
-from altsieve.filters.text import Boilerplate, normalise_text, remove_contact_info, shipped_boilerplate, text_rules
-from altsieve.pipeline.config import Config, ConfigError, LanguageConfig, TextRulesConfig, load_config
+from altsieve.filters.text import Boilerplate, normalise_text, remove_contact_info, shipped_boilerplate
 from altsieve.pipeline.demo import demo_config
 from altsieve.testcorpus.generator import BOILERPLATE_CAPTIONS, TestCorpus, generate_corpus
 from altsieve.testcorpus.server import CorpusServer
-from altsieve.transforms.language import LanguageTagger, bucket_of, script_shares
+from altsieve.transforms.language import LanguageTagger, script_shares
 from altsieve.transforms.text_rules import TextCuration
+
+
+def text_rules(text: TextRulesConfig) -> RuleSet:
+    """The text-stage rules that need no language label, as the CaptionRules stage runs them."""
+    return RuleSet.for_stages(Config(rules=RulesConfig(text=text)), reasons.TEXT,
+                              when=lambda rule: not rule.needs_language)
+
 
 LANGID_SET = Path(__file__).parent / "data" / "langid_captions.tsv"
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
@@ -106,11 +121,11 @@ def test_script_shares_tell_chinese_from_japanese() -> None:
 
 def test_language_backends_are_deterministic_and_stored() -> None:
     row = {"key": "k", "caption": "Un perro corriendo en la playa", "reason": None}
-    curation = TextCuration(Config().rules.caption, TextRulesConfig(), LanguageConfig(backend="langdetect"))
+    curation = TextCuration(Config(language=LanguageConfig(backend="langdetect")))
     first = [curation.tag_stage(row) for _ in range(3)]
     assert all(tagged == first[0] for tagged in first)
     assert first[0]["language"] == "es" and first[0]["language_backend"] == "langdetect"
-    tagged = TextCuration(Config().rules.caption, TextRulesConfig(), LanguageConfig()).tag_stage(row)
+    tagged = TextCuration(Config()).tag_stage(row)
     assert tagged["language_backend"] == "fasttext" and 0.0 < tagged["language_score"] <= 1.0
     assert set(tagged["script_shares"]) == {"han", "kana", "hangul", "latin", "cyrillic", "arabic", "other"}
 
@@ -149,20 +164,20 @@ def test_boilerplate_list_can_be_extended(tmp_path) -> None:
     extra = tmp_path / "more.txt"
     extra.write_text("# mine\nproduct shot\nre:sku[0-9]+\n", encoding="utf-8")
     rules = text_rules(TextRulesConfig(boilerplate=True, boilerplate_file=str(extra)))
-    assert first_reason(rules, {"caption": "Product shot"}) == reasons.TEXT_BOILERPLATE
-    assert first_reason(rules, {"caption": "SKU12345"}) == reasons.TEXT_BOILERPLATE
-    assert first_reason(rules, {"caption": "image"}) == reasons.TEXT_BOILERPLATE  # the shipped list still applies
-    assert first_reason(rules, {"caption": "a product on a table"}) is None
+    assert rules.first_reason({"caption": "Product shot"}) == reasons.TEXT_BOILERPLATE
+    assert rules.first_reason({"caption": "SKU12345"}) == reasons.TEXT_BOILERPLATE
+    assert rules.first_reason({"caption": "image"}) == reasons.TEXT_BOILERPLATE  # the shipped list still applies
+    assert rules.first_reason({"caption": "a product on a table"}) is None
 
 
 def test_blacklist_matches_whole_words_and_cjk_substrings(tmp_path) -> None:
     words = tmp_path / "words.txt"
     words.write_text("ass\n敏感词\nbad word\n", encoding="utf-8")
     rules = text_rules(TextRulesConfig(blacklist_file=str(words)))
-    assert first_reason(rules, {"caption": "kick ass"}) == reasons.TEXT_BLACKLIST
-    assert first_reason(rules, {"caption": "a Bad Word here"}) == reasons.TEXT_BLACKLIST
-    assert first_reason(rules, {"caption": "含敏感词的图片"}) == reasons.TEXT_BLACKLIST
-    assert first_reason(rules, {"caption": "a class act"}) is None
+    assert rules.first_reason({"caption": "kick ass"}) == reasons.TEXT_BLACKLIST
+    assert rules.first_reason({"caption": "a Bad Word here"}) == reasons.TEXT_BLACKLIST
+    assert rules.first_reason({"caption": "含敏感词的图片"}) == reasons.TEXT_BLACKLIST
+    assert rules.first_reason({"caption": "a class act"}) is None
 
 
 def test_a_missing_word_file_is_a_clear_error(tmp_path) -> None:
@@ -195,13 +210,13 @@ def test_contact_details_removed(caption: str, removed: str) -> None:
 
 def test_contact_details_dropped_when_the_recipe_says_so() -> None:
     rules = text_rules(TextRulesConfig(contact_info="drop"))
-    assert first_reason(rules, {"caption": "Call 555-123-4567 now"}) == reasons.TEXT_CONTACT_INFO
-    assert first_reason(rules, {"caption": "a red car"}) is None
+    assert rules.first_reason({"caption": "Call 555-123-4567 now"}) == reasons.TEXT_CONTACT_INFO
+    assert rules.first_reason({"caption": "a red car"}) is None
 
 
 def test_language_rules_and_han_in_pipeline_order() -> None:
     text = TextRulesConfig(languages=["zh"], require_han=True, min_language_score=0.5)
-    curation = TextCuration(Config().rules.caption, text, LanguageConfig())
+    curation = TextCuration(Config(rules=RulesConfig(text=text)))
 
     def reason(caption: str) -> str | None:
         return curation({"key": "k", "caption": caption, "reason": None})["reason"]

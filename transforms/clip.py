@@ -31,16 +31,19 @@ from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.shared import Shared
 
-from altsieve import reasons
-from altsieve.pipeline.config import ConfigError
-from altsieve.transforms import fsutil
+from altsieve.core import fsutil, reasons
+from altsieve.core.config import ConfigError, bucket_of
+from altsieve.core.layout import Column
+from altsieve.filters.base import RuleSet
+from altsieve.transforms.metrics import count_drops
 
 if TYPE_CHECKING:
-    from altsieve.pipeline.config import ClipConfig, LanguageConfig
+    from altsieve.core.config import ClipConfig, Config, LanguageConfig
 
 TINY_MODEL = "altsieve-tiny-clip"
 BUILTIN = "builtin"
@@ -54,6 +57,12 @@ IDENTITY_KEYS = ("model", "weights_sha256", "embed_dim")
 # Record fields that ride from ClipScore to WriteShards and never reach Parquet or the sample .json.
 IMAGE_EMBEDDING_FIELD = "clip_image_embedding"
 TEXT_EMBEDDING_FIELD = "clip_text_embedding"
+
+COLUMNS = (
+    Column("clip_score", pa.float32(), "image-text cosine of the CLIP model (null: not scored)"),
+    Column("nsfw_score", pa.float32(), "zero-shot probability of the NSFW prompts"),
+    Column("watermark_score", pa.float32(), "zero-shot probability of the watermark prompts"),
+)
 
 _LOCAL_CHECKPOINT_HELP = (
     "To run without network access, download the checkpoint once where there is network (for ViT-B-32 "
@@ -492,8 +501,6 @@ def write_partition_embeddings(
 
 
 def language_bucket(record: Mapping[str, Any], language: LanguageConfig) -> str:
-    from altsieve.transforms.language import bucket_of
-
     return bucket_of(record.get("language"), record.get("language_score"), language)
 
 
@@ -517,20 +524,21 @@ class _Models:
 
 
 def score_records(models: _Models, config: ClipConfig, language: LanguageConfig,
-                  batch: list[dict[str, Any]]) -> None:
-    """Score a batch in place: clip_score, tags, embeddings, and the reason of any pair a threshold drops."""
+                  batch: list[dict[str, Any]], rules: RuleSet) -> None:
+    """Score a batch in place: clip_score, tags, embeddings, and the reason of any pair a CLIP rule drops."""
     images = [r["image"] for r in batch]
     captions = [r.get("caption") or "" for r in batch]
     image = models.main.embed_images(images)
     text = models.main.embed_texts(captions)
     scores = (image * text).sum(axis=1)
-    buckets = [language_bucket(r, language) for r in batch]
-    for bucket, scorer in models.by_bucket.items():
-        rows = [i for i, b in enumerate(buckets) if b == bucket]
-        if rows:  # this bucket's own model decides its score; the main model's embeddings are still saved
-            own_image = scorer.embed_images([images[i] for i in rows])
-            own_text = scorer.embed_texts([captions[i] for i in rows])
-            scores[rows] = (own_image * own_text).sum(axis=1)
+    if models.by_bucket:
+        buckets = [language_bucket(r, language) for r in batch]
+        for bucket, scorer in models.by_bucket.items():
+            rows = [i for i, b in enumerate(buckets) if b == bucket]
+            if rows:  # this bucket's own model decides its score; the main model's embeddings are still saved
+                own_image = scorer.embed_images([images[i] for i in rows])
+                own_text = scorer.embed_texts([captions[i] for i in rows])
+                scores[rows] = (own_image * own_text).sum(axis=1)
     tags = config.tags
     nsfw = watermark = None
     if tags.enabled:
@@ -541,25 +549,13 @@ def score_records(models: _Models, config: ClipConfig, language: LanguageConfig,
         if nsfw is not None and watermark is not None:
             record["nsfw_score"] = float(np.float32(nsfw[i]))
             record["watermark_score"] = float(np.float32(watermark[i]))
-        override = config.per_language.get(buckets[i])
-        threshold = override.min_score if override is not None else config.min_score
-        reason = None
-        if threshold is not None and record["clip_score"] < threshold:
-            reason = reasons.CLIP_SCORE_BELOW_THRESHOLD
-        elif nsfw is not None and _above(nsfw[i], tags.drop_nsfw_above):
-            reason = reasons.CLIP_NSFW
-        elif watermark is not None and _above(watermark[i], tags.drop_watermark_above):
-            reason = reasons.CLIP_WATERMARK
+        reason = rules.first_reason(record)
         if reason is not None:
             record["reason"] = reason
             record.pop("image", None)  # a dropped pair's image stays out of the shard, as for every other rule
         elif config.save_embeddings:
             record[IMAGE_EMBEDDING_FIELD] = image[i].astype(np.float16)
             record[TEXT_EMBEDDING_FIELD] = text[i].astype(np.float16)
-
-
-def _above(value: float, bound: float | None) -> bool:
-    return bound is not None and float(value) > bound
 
 
 def _shared_key(config: ClipConfig) -> str:
@@ -573,9 +569,9 @@ class _ScoreBatches(beam.DoFn):
     fetched (a killed run loses only the partitions in flight); ``finish_bundle`` flushes the rest.
     """
 
-    def __init__(self, config: ClipConfig, language: LanguageConfig, expected_sha256: str | None,
-                 shared: Shared) -> None:
-        self._config, self._language, self._expected, self._shared = config, language, expected_sha256, shared
+    def __init__(self, config: Config, expected_sha256: str | None, shared: Shared) -> None:
+        self._full_config, self._expected, self._shared = config, expected_sha256, shared
+        self._config, self._language = config.clip, config.language
         self._scored = Metrics.counter("altsieve", "clip_pairs_scored")
         self._batches = Metrics.counter("altsieve", "clip_batches")
 
@@ -585,6 +581,7 @@ class _ScoreBatches(beam.DoFn):
 
             torch.set_num_threads(self._config.num_threads)
         self._models = self._shared.acquire(lambda: _Models(self._config), tag=_shared_key(self._config))
+        self._rules = RuleSet.for_stages(self._full_config, reasons.CLIP)
         sha = self._models.main.identity["weights_sha256"]
         if self._expected is not None and sha != self._expected:
             raise ClipModelError(
@@ -615,12 +612,13 @@ class _ScoreBatches(beam.DoFn):
     def finish_bundle(self):
         for record in self._flush():
             yield GlobalWindows.windowed_value(record)
+        count_drops(self._rules)
 
     def _flush(self) -> list[dict[str, Any]]:
         batch, self._buffer = self._buffer, []
         for start in range(0, len(batch), self._config.batch_size):
             chunk = batch[start : start + self._config.batch_size]
-            score_records(self._models, self._config, self._language, chunk)
+            score_records(self._models, self._config, self._language, chunk, self._rules)
             self._scored.inc(len(chunk))
             self._batches.inc()
         return batch
@@ -629,13 +627,11 @@ class _ScoreBatches(beam.DoFn):
 class ClipScore(beam.PTransform):
     """``PCollection[record]`` -> the same records, each kept pair with ``clip_score``, tags and embeddings."""
 
-    def __init__(self, config: ClipConfig, language: LanguageConfig, expected_sha256: str | None = None) -> None:
+    def __init__(self, config: Config, expected_sha256: str | None = None) -> None:
         super().__init__()
-        self._config, self._language, self._expected = config, language, expected_sha256
+        self._config, self._expected = config, expected_sha256
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        if not self._config.enabled:
+        if not self._config.clip.enabled:
             return records
-        return records | "ScoreBatches" >> beam.ParDo(
-            _ScoreBatches(self._config, self._language, self._expected, Shared())
-        )
+        return records | "ScoreBatches" >> beam.ParDo(_ScoreBatches(self._config, self._expected, Shared()))

@@ -24,7 +24,7 @@ Which URL an ``<img>`` gives: a lazy-loading attribute (``data-src``, ``data-laz
 whitespace collapsed; entities are decoded by the parser.
 
 Why an img tag gives no pair, checked in this order, each counted under its reason code
-(``altsieve.reasons.CRAWL_*``): no URL at all, a ``data:`` URI, a URL that does not resolve to one with
+(``altsieve.core.reasons.CRAWL_*``): no URL at all, a ``data:`` URI, a URL that does not resolve to one with
 a host, a non-http(s) scheme, a width or height attribute of 1 px or less (tracking pixels), an empty
 or missing alt, an ``.svg`` (unless ``keep_svg``), and in the Beam pipeline a URL + alt already seen.
 These counts go to ``extract_stats.json``; they are not row reasons, because a skipped tag never
@@ -56,8 +56,7 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from selectolax.lexbor import LexborHTMLParser
 
-from altsieve import reasons
-from altsieve.transforms import fsutil
+from altsieve.core import fsutil, reasons
 from altsieve.transforms.read_inputs import InputError
 
 log = logging.getLogger("altsieve")

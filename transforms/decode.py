@@ -9,12 +9,26 @@ from __future__ import annotations
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from altsieve.filters.base import Rule, first_reason
-from altsieve.filters.image import file_size_rules, image_rules
-from altsieve.pipeline.config import ImageConfig, ImageRulesConfig
+from altsieve.core import reasons
+from altsieve.core.config import Config, ImageConfig
+from altsieve.core.layout import Column
+from altsieve.filters.base import PairRule, RuleSet
 from altsieve.transforms.imageops import ImageDecodeError, ImageOptions, phash_to_int64, process_image
+from altsieve.transforms.metrics import count_drops
+
+COLUMNS = (
+    Column("width", pa.int32(), "the stored image's width"),
+    Column("height", pa.int32(), "the stored image's height"),
+    Column("original_width", pa.int32(), "width of the upright original (after EXIF orientation)"),
+    Column("original_height", pa.int32(), "height of the upright original"),
+    Column("exif", pa.string(), "the original's EXIF tags as JSON"),
+    Column("sha256", pa.string(), "sha256 of the fetched bytes"),
+    Column("phash", pa.int64(), "64-bit perceptual hash of the upright original"),
+    Column("original_format", pa.string(), "the fetched file's image format (JPEG, PNG, ...)"),
+)
 
 
 def image_options(config: ImageConfig) -> ImageOptions:
@@ -28,14 +42,28 @@ def image_options(config: ImageConfig) -> ImageOptions:
     )
 
 
+def _before_decode(rule: type[PairRule]) -> bool:
+    return rule.before_decode
+
+
+def _after_decode(rule: type[PairRule]) -> bool:
+    return not rule.before_decode
+
+
+def image_rule_sets(config: Config) -> tuple[RuleSet, RuleSet]:
+    """The image rules on the byte count (before decoding) and those on the decoded dimensions."""
+    return (RuleSet.for_stages(config, reasons.IMAGE, when=_before_decode),
+            RuleSet.for_stages(config, reasons.IMAGE, when=_after_decode))
+
+
 def decode_record(
-    record: dict[str, Any], options: ImageOptions, before: list[Rule], after: list[Rule]
+    record: dict[str, Any], options: ImageOptions, before: RuleSet, after: RuleSet
 ) -> dict[str, Any]:
     """Fill the image fields of a fetched record, or its reason; the fetched bytes are released."""
     body = record.pop("body", None)
     if record.get("reason") is not None or body is None:
         return record
-    reason = first_reason(before, record)
+    reason = before.first_reason(record)
     if reason is not None:
         record["reason"] = reason
         return record
@@ -52,7 +80,7 @@ def decode_record(
         sha256=processed.sha256,
         phash=phash_to_int64(processed.phash),
     )
-    reason = first_reason(after, record)
+    reason = after.first_reason(record)
     if reason is not None:
         record["reason"] = reason
         return record
@@ -61,14 +89,13 @@ def decode_record(
 
 
 class _DecodeRecord(beam.DoFn):
-    def __init__(self, image: ImageConfig, rules: ImageRulesConfig) -> None:
-        self._image, self._rules = image, rules
+    def __init__(self, config: Config) -> None:
+        self._config = config
         self._decoded = Metrics.counter("altsieve", "pairs_decoded")
 
     def setup(self) -> None:
-        self._options = image_options(self._image)
-        self._before = file_size_rules(self._rules)
-        self._after = image_rules(self._rules)
+        self._options = image_options(self._config.image)
+        self._before, self._after = image_rule_sets(self._config)
 
     def process(self, record: dict[str, Any]):
         fetched = record.get("body") is not None and record.get("reason") is None
@@ -77,13 +104,17 @@ class _DecodeRecord(beam.DoFn):
             self._decoded.inc()
         yield record
 
+    def finish_bundle(self) -> None:
+        count_drops(self._before)
+        count_drops(self._after)
+
 
 class Decode(beam.PTransform):
     """``PCollection[record]`` -> ``PCollection[record]`` with image fields or a decode/image reason."""
 
-    def __init__(self, image: ImageConfig, rules: ImageRulesConfig) -> None:
+    def __init__(self, config: Config) -> None:
         super().__init__()
-        self._image, self._rules = image, rules
+        self._config = config
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        return records | "DecodeResizeHash" >> beam.ParDo(_DecodeRecord(self._image, self._rules))
+        return records | "DecodeResizeHash" >> beam.ParDo(_DecodeRecord(self._config))

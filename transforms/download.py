@@ -11,12 +11,21 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from altsieve import __version__
-from altsieve.pipeline.config import DownloadConfig
+from altsieve.core.config import DownloadConfig
+from altsieve.core.layout import Column
 from altsieve.transforms.fetch import Fetcher, FetchOptions
 from altsieve.transforms.read_inputs import Partition
+
+# The fields this stage sets on every record it fetches.
+COLUMNS = (
+    Column("bytes", pa.int64(), "size of the fetched body"),
+    Column("http_status", pa.int32(), "the last response's status code (null: no response)"),
+    Column("final_url", pa.string(), "where the redirects ended, when not at the URL itself"),
+)
 
 USER_AGENT = f"altsieve/{__version__} (+https://github.com/altsieve/altsieve; image-text dataset curation)"
 

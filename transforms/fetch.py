@@ -55,7 +55,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
-from altsieve import __version__, reasons
+from altsieve import __version__
+from altsieve.core import reasons
 
 logger = logging.getLogger(__name__)
 

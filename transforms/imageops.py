@@ -21,7 +21,7 @@ CPU-bound part of the pipeline (img2dataset spends most of its time here), and t
   and shapes within 2 bits (mean 0.5); on 144 real PNG/JPEG/GIF files mean 1.5, 90th percentile 4, worst 14 (a
   diagram that is mostly flat white, where DCT coefficients crowd the median).
 
-Every failure surfaces as :class:`ImageDecodeError` with a code from :mod:`altsieve.reasons`.
+Every failure surfaces as :class:`ImageDecodeError` with a code from :mod:`altsieve.core.reasons`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image, TiffImagePlugin, UnidentifiedImageError
 
-from altsieve import reasons
+from altsieve.core import reasons
 
 __all__ = [
     "ImageDecodeError",

@@ -22,12 +22,22 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+import pyarrow as pa
 
-from altsieve.pipeline.config import LanguageConfig
+from altsieve.core.config import LanguageConfig
+from altsieve.core.layout import Column
 from altsieve.transforms.read_inputs import Partition
 
 SCRIPTS = ("han", "kana", "hangul", "latin", "cyrillic", "arabic", "other")
 _CODES = "HKGLCAO"  # one code character per script, in SCRIPTS order
+
+COLUMNS = (
+    Column("language", pa.string(), "the language label (null: not tagged, or no letters)"),
+    Column("language_score", pa.float32(), "the backend's confidence in the label"),
+    Column("language_backend", pa.string(), "fasttext, langdetect, or script (the script shares decided)"),
+    Column("script_shares", pa.struct([(script, pa.float32()) for script in SCRIPTS]),
+           "share of each script among the caption's letters"),
+)
 
 
 def default_model_path() -> str:
@@ -162,18 +172,6 @@ class LanguageTagger:
         # fastText reads one line; a normalised caption has no newline, a raw one may.
         label, score = self.backend.predict(text if "\n" not in text else " ".join(text.split()))
         return Tag(label, score, shares, self.backend.name)
-
-
-def bucket_of(language: str | None, score: float | None, config: LanguageConfig) -> str:
-    """The output bucket of a pair (output.split_by_language): the first bucket listing its label ("*": any)."""
-    if language is None or float(score or 0.0) < config.min_bucket_score:
-        return config.no_language_bucket
-    if not config.buckets:
-        return language
-    for bucket, labels in config.buckets.items():
-        if language in labels or "*" in labels:
-            return bucket
-    return config.no_language_bucket
 
 
 def tag_row(tagger: LanguageTagger, row: dict[str, Any]) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from __future__ import annotations
 import logging
 import re
 
+from altsieve.core.config import TextRulesConfig
 from altsieve.filters.text import PhraseMatcher, read_word_list
-from altsieve.pipeline.config import TextRulesConfig
 
 # The commonest few hundred Chinese surnames, less a few characters that start far more
 # ordinary words than names (和, 时, 明, 平, 国, 云, 海, 花, 南, 安, 文, 成, 全, 公, 藏).

@@ -11,20 +11,22 @@ and the row's position in the file, so a rerun gives every pair the same key and
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import apache_beam as beam
 import fsspec
 import pyarrow.parquet as pq
 
-from altsieve import reasons
-from altsieve.transforms import fsutil
+from altsieve.core import fsutil, reasons
+from altsieve.core.config import Config
+from altsieve.core.layout import candidate_prefix, marker_path
+from altsieve.filters.base import RuleSet
 
 TEXT_FORMATS = {"csv": ",", "tsv": "\t"}
 SUFFIXES = {
@@ -217,26 +219,16 @@ def _normalise_row(
     record["url"] = url.strip() if isinstance(url, str) else ("" if url is None else str(url))
     record["caption"] = caption if isinstance(caption, str) else ("" if caption is None else str(caption))
     record["extra"] = {c: None if row.get(c) is None else str(row.get(c)) for c in extra_cols}
-    if not record["url"]:
-        record["reason"], record["error_message"] = reasons.URL_MISSING, f"empty {url_col!r}"
-    else:
-        record["reason"] = url_reason(record["url"])
-        if record["reason"] is not None:
-            record["error_message"] = f"not an http(s) URL: {record['url'][:200]!r}"
+    verdict = _input_rules().apply(record)
+    if verdict is not None:
+        record["reason"], record["error_message"] = verdict
     return record
 
 
-def url_reason(url: str) -> str | None:
-    """Reject, without any network, what is not an absolute http(s) URL."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return reasons.URL_INVALID
-    if not parts.scheme or not parts.netloc:
-        return reasons.URL_INVALID
-    if parts.scheme.lower() not in ("http", "https"):
-        return reasons.URL_SCHEME_NOT_ALLOWED
-    return None
+@functools.cache
+def _input_rules() -> RuleSet:
+    # The input rules (filters/url.py) take no settings, so the default config builds them.
+    return RuleSet.for_stages(Config(), reasons.INPUT)
 
 
 def iter_partitions(
@@ -278,8 +270,6 @@ class _PlanPartitions(beam.DoFn):
         self._extra, self._rows, self._retry = extra_cols, rows_per_partition, retry_failed
 
     def process(self, source: InputFile):
-        from altsieve.transforms.write_shards import candidate_prefix, marker_path
-
         for partition in iter_partitions(source, self._url, self._caption, self._extra, self._rows):
             if not fsutil.exists(marker_path(self._output, partition.partition_id)):
                 yield partition
@@ -291,7 +281,6 @@ class _PlanPartitions(beam.DoFn):
 
 def _transient_rows(prefix: str, partition: Partition) -> Partition | None:
     """The rows of a finished partition whose failure was transient, ready to be fetched again."""
-    from altsieve import reasons
     from altsieve.transforms.shards import read_parquet_rows
 
     failed = {

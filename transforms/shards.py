@@ -21,50 +21,38 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from altsieve import reasons
-from altsieve.transforms import fsutil
+from altsieve.core import fsutil, reasons
+from altsieve.core.layout import Column
+from altsieve.filters import corpus
+from altsieve.transforms import clip, decode, download, language
 
-# Fields of a record and their Arrow types; the order is the Parquet column order.
-COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("key", pa.string()),
-    ("partition_id", pa.string()),
-    ("url", pa.string()),
-    ("caption", pa.string()),
-    ("status", pa.string()),
-    ("reason", pa.string()),
-    ("error_message", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("original_width", pa.int32()),
-    ("original_height", pa.int32()),
-    ("exif", pa.string()),
-    ("sha256", pa.string()),
-    ("phash", pa.int64()),
-    ("bytes", pa.int64()),
-    ("http_status", pa.int32()),
-    ("final_url", pa.string()),
-    ("original_format", pa.string()),
-    ("language", pa.string()),
-    ("language_score", pa.float32()),
-    ("language_backend", pa.string()),
-    # Share of each script among the caption's letters (transforms.language.SCRIPTS), from LanguageTag.
-    ("script_shares", pa.struct([(script, pa.float32()) for script in
-                                 ("han", "kana", "hangul", "latin", "cyrillic", "arabic", "other")])),
-    ("duplicate_of", pa.string()),
-    # ClipScore (transforms/clip.py): image-text cosine and zero-shot tag probabilities; null where not scored.
-    ("clip_score", pa.float32()),
-    ("nsfw_score", pa.float32()),
-    ("watermark_score", pa.float32()),
-]
-COLUMN_NAMES = [name for name, _ in COLUMNS]
-# Fields that stay out of each sample's .json (the image itself, internal bookkeeping).
-_NOT_IN_JSON = {"image", "body", "extra", "partition_id", "partition_size",
-                "clip_image_embedding", "clip_text_embedding"}  # embeddings: in _candidates/*_embeddings.npz
+# Every row's identity and outcome; each stage declares the fields it adds (``COLUMNS`` in its module).
+RECORD_COLUMNS = (
+    Column("key", pa.string(), "{input file index:05d}{row:010d}, stable across reruns"),
+    Column("partition_id", pa.string(), "the ingest partition the pair was read in"),
+    Column("url", pa.string()),
+    Column("caption", pa.string(), "the normalised caption"),
+    Column("status", pa.string(), "img2dataset's status: success, failed_to_download, failed_to_resize, filtered"),
+    Column("reason", pa.string(), "the reason code of a dropped pair (null: kept)"),
+    Column("error_message", pa.string()),
+)
+# The Parquet columns, in pipeline order: what each stage declares. A record field outside these and
+# INTERNAL_FIELDS is refused by ``to_table`` (a column a stage forgot to declare would be lost).
+COLUMNS: tuple[Column, ...] = (
+    *RECORD_COLUMNS, *language.COLUMNS, *download.COLUMNS, *decode.COLUMNS, *corpus.COLUMNS, *clip.COLUMNS,
+)
+COLUMN_NAMES = [column.name for column in COLUMNS]
+# Fields that ride along a record but are never columns: the image itself, the input's own columns
+# (folded under ``extra``), bookkeeping, and the CLIP embeddings (in _candidates/*_embeddings.npz).
+INTERNAL_FIELDS = frozenset({"image", "body", "extra", "partition_size",
+                             clip.IMAGE_EMBEDDING_FIELD, clip.TEXT_EMBEDDING_FIELD})
+_NOT_IN_JSON = INTERNAL_FIELDS | {"partition_id"}
+_KNOWN_FIELDS = frozenset(COLUMN_NAMES) | INTERNAL_FIELDS
 EXTENSIONS = {"jpg": "jpg", "webp": "webp", "png": "png"}
 
 
 def schema(extra_columns: Iterable[str]) -> pa.Schema:
-    fields = [pa.field(name, dtype) for name, dtype in COLUMNS]
+    fields = [pa.field(column.name, column.type) for column in COLUMNS]
     fields += [pa.field(name, pa.string()) for name in extra_columns if name not in COLUMN_NAMES]
     return pa.schema(fields)
 
@@ -73,7 +61,13 @@ def to_table(records: list[dict[str, Any]], extra_columns: list[str]) -> pa.Tabl
     """Records as an Arrow table with the fixed schema; ``status`` follows from ``reason``."""
     columns: dict[str, list[Any]] = {name: [] for name in COLUMN_NAMES}
     extras: dict[str, list[Any]] = {name: [] for name in extra_columns if name not in COLUMN_NAMES}
+    known = _KNOWN_FIELDS
     for record in records:
+        if not known.issuperset(record):
+            undeclared = ", ".join(sorted(set(record) - known))
+            raise ValueError(f"record {record.get('key')} has fields no stage declared as an output column: "
+                             f"{undeclared}. Add a Column to the COLUMNS of the stage that sets them "
+                             "(transforms/shards.py lists the stages), or to INTERNAL_FIELDS if they are not output")
         for name in COLUMN_NAMES:
             columns[name].append(record.get(name))
         columns["status"][-1] = reasons.status_for(record.get("reason"))

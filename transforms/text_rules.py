@@ -2,7 +2,7 @@
 
 ``TextCuration`` does to one row what ingest does before any fetch:
 
-1. ``caption_stage`` (Beam stage CaptionRules): normalise the caption, remove contact details (when
+1. ``caption_stage`` (Beam stage CaptionRules, below): normalise the caption, remove contact details (when
    ``contact_info: remove``), then the caption rules (empty, length in characters and in words) and
    the text rules that need no label (contact details when ``drop``, boilerplate, sensitive words).
 2. ``tag_stage`` (LanguageTag): label, confidence, backend, script shares.
@@ -19,23 +19,33 @@ from typing import Any
 
 import apache_beam as beam
 
-from altsieve.filters.base import first_reason
-from altsieve.filters.caption import caption_rules
-from altsieve.filters.text import language_rules, normalise_text, remove_contact_info, text_rules
-from altsieve.pipeline.config import CaptionRulesConfig, LanguageConfig, TextRulesConfig
+from altsieve.core import reasons
+from altsieve.core.config import Config
+from altsieve.filters.base import PairRule, RuleSet
+from altsieve.filters.text import normalise_text, remove_contact_info
 from altsieve.transforms.language import LanguageTagger, script_shares, tag_row
+from altsieve.transforms.metrics import count_drops
 from altsieve.transforms.read_inputs import Partition
 
 Row = dict[str, Any]
 
 
+def _before_tagging(rule: type[PairRule]) -> bool:
+    return not rule.needs_language
+
+
+def _after_tagging(rule: type[PairRule]) -> bool:
+    return rule.needs_language
+
+
 class TextCuration:
     """Build once per worker; the language model and jieba load on first use, by the stage that needs them."""
 
-    def __init__(self, caption: CaptionRulesConfig, text: TextRulesConfig, language: LanguageConfig) -> None:
+    def __init__(self, config: Config) -> None:
+        text, language = config.rules.text, config.language
         self._text, self._language = text, language
-        self._caption_rules = caption_rules(caption) + text_rules(text)
-        self._label_rules = language_rules(text)
+        self.caption_rules = RuleSet.for_stages(config, reasons.CAPTION, reasons.TEXT, when=_before_tagging)
+        self.label_rules = RuleSet.for_stages(config, reasons.TEXT, when=_after_tagging)
         # Plain attributes, read once per caption: this code runs 50k times a second.
         self._normalise, self._remove_contact = text.normalise, text.contact_info == "remove"
         self._tagging, self._shares_needed = language.enabled, text.require_han
@@ -52,7 +62,7 @@ class TextCuration:
         if self._remove_contact:
             caption = remove_contact_info(caption)
         row = {**row, "caption": caption}
-        reason = first_reason(self._caption_rules, row)
+        reason = self.caption_rules.first_reason(row)
         if reason is not None:
             row["reason"] = reason  # the copy made just above: the input row is untouched
         return row
@@ -69,7 +79,7 @@ class TextCuration:
             return row
         if self._shares_needed and "script_shares" not in row:  # language tagging is off
             row = {**row, "script_shares": script_shares(row.get("caption") or "")}
-        reason = first_reason(self._label_rules, row)
+        reason = self.label_rules.first_reason(row)
         if reason is not None:
             return {**row, "reason": reason}
         if self._scrub:
@@ -88,26 +98,41 @@ class TextCuration:
 
 
 class RowStage(beam.DoFn):
-    """Applies one stage of ``TextCuration`` to every row of a partition."""
+    """Applies one stage of ``TextCuration`` to every row of a partition; counts what its rules drop."""
 
-    def __init__(self, stage: str, caption: CaptionRulesConfig, text: TextRulesConfig,
-                 language: LanguageConfig) -> None:
-        self._stage, self._configs = stage, (caption, text, language)
+    def __init__(self, stage: str, config: Config) -> None:
+        self._stage, self._config = stage, config
 
     def setup(self) -> None:
-        self._apply: Callable[[Row], Row] = getattr(TextCuration(*self._configs), self._stage)
+        self._curation = TextCuration(self._config)
+        self._apply: Callable[[Row], Row] = getattr(self._curation, self._stage)
 
     def process(self, partition: Partition) -> Iterator[Partition]:
         yield Partition(partition.partition_id, partition.source, [self._apply(row) for row in partition.rows])
+
+    def finish_bundle(self) -> None:
+        for rules in (self._curation.caption_rules, self._curation.label_rules):
+            count_drops(rules)
+
+
+class CaptionRules(beam.PTransform):
+    """Normalisation, then the caption rules and the text rules that need no language label: before LanguageTag."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, partitions: beam.PCollection) -> beam.PCollection:
+        return partitions | "Apply" >> beam.ParDo(RowStage("caption_stage", self._config))
 
 
 class TextRules(beam.PTransform):
     """Language allow-list, Han required, minimum confidence, then person names: after LanguageTag."""
 
-    def __init__(self, caption: CaptionRulesConfig, text: TextRulesConfig, language: LanguageConfig) -> None:
+    def __init__(self, config: Config) -> None:
         super().__init__()
-        self._configs = (caption, text, language)
+        self._config = config
 
     def expand(self, partitions: beam.PCollection) -> beam.PCollection:
-        return partitions | "Apply" >> beam.ParDo(RowStage("text_stage", *self._configs))
+        return partitions | "Apply" >> beam.ParDo(RowStage("text_stage", self._config))
 

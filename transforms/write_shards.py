@@ -22,19 +22,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from altsieve.transforms import fsutil
+from altsieve.core import fsutil
+from altsieve.core.layout import candidate_prefix, marker_path
 from altsieve.transforms.clip import EMBEDDINGS_SUFFIX, partition_embeddings, write_partition_embeddings
 from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
-
-CANDIDATES_DIR = "_candidates"
-
-
-def candidate_prefix(output: str, partition_id: str) -> str:
-    return fsutil.join(output, CANDIDATES_DIR, partition_id)
-
-
-def marker_path(output: str, partition_id: str) -> str:
-    return candidate_prefix(output, partition_id) + ".done"
 
 
 def _merge_with_existing(prefix: str, records: list[dict[str, Any]], extra_columns: list[str]) -> list[dict[str, Any]]:

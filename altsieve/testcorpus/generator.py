@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageEnhance
 
-from altsieve import reasons
+from altsieve.core import reasons
 from altsieve.testcorpus.scenes import (
     SceneSpec,
     all_captions,

@@ -270,6 +270,18 @@ class LanguageConfig(_Section):
         return value
 
 
+def bucket_of(language: str | None, score: float | None, config: LanguageConfig) -> str:
+    """The output bucket of a pair (output.split_by_language): the first bucket listing its label ("*": any)."""
+    if language is None or float(score or 0.0) < config.min_bucket_score:
+        return config.no_language_bucket
+    if not config.buckets:
+        return language
+    for bucket, labels in config.buckets.items():
+        if language in labels or "*" in labels:
+            return bucket
+    return config.no_language_bucket
+
+
 class ClipLanguageConfig(_Section):
     """A language bucket's own CLIP model and threshold (LAION-5B: multilingual CLIP >= 0.26 for non-English)."""
 

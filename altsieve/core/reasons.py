@@ -1,11 +1,16 @@
 """Reason codes: every dropped or failed pair carries exactly one, stored in the Parquet ``reason`` column.
 
 A pair that is kept has ``reason = None``. Codes are short stable strings so that statistics can be
-grouped on them; each code belongs to one stage. ``TRANSIENT`` lists the failures that
+grouped on them; each code belongs to one stage of ``FUNNEL``, the one declaration of the funnel that
+the summary, ``stats.json`` and the audit all read. ``TRANSIENT`` lists the failures that
 ``--retry-failed`` fetches again (a rule's verdict is never retried).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 # Input rows
 URL_MISSING = "url_missing"
@@ -39,6 +44,9 @@ DOWNLOAD_TOO_MANY_REDIRECTS = "download_too_many_redirects"
 DOWNLOAD_BLOCKED_ADDRESS = "download_blocked_address"  # private/loopback/link-local/multicast target
 DOWNLOAD_ROBOTS_OPTOUT = "download_robots_optout"  # X-Robots-Tag noai / noimageai
 DOWNLOAD_DNS_ERROR = "download_dns_error"
+# Only in audits of img2dataset outputs, whose failures are free text: what its messages map onto.
+DOWNLOAD_HASH_MISMATCH = "download_hash_mismatch"  # img2dataset's --compute_hash check failed
+DOWNLOAD_ERROR = "download_error"  # an img2dataset download failure whose message names no known cause
 
 # Decode
 DECODE_UNIDENTIFIED = "decode_unidentified"  # not an image at all (HTML, text, random bytes)
@@ -89,6 +97,9 @@ CRAWL_SKIP_REASONS: tuple[str, ...] = (
     CRAWL_DUPLICATE, CRAWL_CORRUPT_RECORD,
 )
 
+# An img2dataset status the audit does not know becomes "status_<status>" (never written by altsieve).
+UNKNOWN_STATUS_PREFIX = "status_"
+
 TRANSIENT: frozenset[str] = frozenset(
     {DOWNLOAD_TIMEOUT, DOWNLOAD_CONNECTION_ERROR, DOWNLOAD_SERVER_ERROR, DOWNLOAD_RATE_LIMITED, DOWNLOAD_DNS_ERROR}
 )
@@ -109,3 +120,89 @@ def status_for(reason: str | None) -> str:
     if reason.startswith("decode_"):
         return STATUS_FAILED_TO_RESIZE
     return STATUS_FILTERED
+
+
+# --- The funnel ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the funnel: the reason codes it drops pairs for, in the order the pipeline runs them.
+
+    ``always_shown``: the step appears in the funnel even when it dropped nothing (how many pairs were
+    fetched and decoded is worth seeing in every run).
+    """
+
+    name: str
+    label: str
+    reasons: tuple[str, ...]
+    always_shown: bool = False
+
+
+INPUT, CAPTION, TEXT, DOWNLOAD, DECODE, IMAGE, CLIP, CORPUS, DEDUP = (
+    "input", "caption", "text", "download", "decode", "image", "clip", "corpus", "dedup")
+
+FUNNEL: tuple[Stage, ...] = (
+    Stage(INPUT, "valid input row", (URL_MISSING, URL_INVALID, URL_SCHEME_NOT_ALLOWED), always_shown=True),
+    Stage(CAPTION, "caption rules", (CAPTION_EMPTY, CAPTION_TOO_SHORT_CHARS, CAPTION_TOO_LONG_CHARS,
+                                     CAPTION_TOO_FEW_WORDS, CAPTION_TOO_MANY_WORDS)),
+    # Before download: a caption needs no image, and every pair dropped here costs no request.
+    Stage(TEXT, "language and text rules", (TEXT_CONTACT_INFO, TEXT_BOILERPLATE, TEXT_BLACKLIST, TEXT_NO_HAN,
+                                            TEXT_LANGUAGE, TEXT_LANGUAGE_SCORE)),
+    Stage(DOWNLOAD, "fetched", (
+        DOWNLOAD_NOT_FOUND, DOWNLOAD_HTTP_ERROR, DOWNLOAD_RATE_LIMITED, DOWNLOAD_SERVER_ERROR, DOWNLOAD_TIMEOUT,
+        DOWNLOAD_CONNECTION_ERROR, DOWNLOAD_TOO_LARGE, DOWNLOAD_TOO_MANY_REDIRECTS, DOWNLOAD_BLOCKED_ADDRESS,
+        DOWNLOAD_ROBOTS_OPTOUT, DOWNLOAD_DNS_ERROR, DOWNLOAD_HASH_MISMATCH, DOWNLOAD_ERROR,
+    ), always_shown=True),
+    Stage(DECODE, "decoded", (DECODE_UNIDENTIFIED, DECODE_ERROR, DECODE_TRUNCATED, DECODE_BOMB), always_shown=True),
+    Stage(IMAGE, "image rules", (IMAGE_FILE_TOO_SMALL, IMAGE_TOO_SMALL, IMAGE_ASPECT_RATIO, IMAGE_TOO_FEW_PIXELS,
+                                 IMAGE_TOO_MANY_PIXELS)),
+    Stage(CLIP, "CLIP rules", (CLIP_SCORE_BELOW_THRESHOLD, CLIP_NSFW, CLIP_WATERMARK, CLIP_SCORE_BELOW_QUANTILE)),
+    # The select pass: corpus-wide text rules, then deduplication.
+    Stage(CORPUS, "corpus-wide text rules", (CORPUS_CAPTION_SHARED, CORPUS_IMAGE_MANY_CAPTIONS, CORPUS_RARE_TOKEN)),
+    Stage(DEDUP, "deduplicated", (DUPLICATE_EVAL_SET, DUPLICATE_URL_CAPTION, DUPLICATE_URL, DUPLICATE_SHA256,
+                                  DUPLICATE_PHASH, DUPLICATE_SEMANTIC, DUPLICATE_CAPTION)),
+)
+OTHER_STAGE = Stage("other", "other rules", ())
+_STAGE_OF: dict[str, Stage] = {code: stage for stage in FUNNEL for code in stage.reasons}
+STAGES: dict[str, Stage] = {stage.name: stage for stage in FUNNEL}
+
+
+def stage_of(reason: str) -> Stage:
+    """The funnel stage of a reason code; codes no stage declares (a newer or foreign run's) are "other rules"."""
+    return _STAGE_OF.get(reason, OTHER_STAGE)
+
+
+def _percent(part: int, whole: int) -> float:
+    return round(100.0 * part / whole, 2) if whole else 0.0
+
+
+def funnel(reason_counts: Mapping[str, int]) -> dict[str, Any]:
+    """Input pairs -> each stage -> kept, from the count of every reason code (``kept`` for the kept pairs).
+
+    Each stage lists its reasons with their counts, as shares of the input and of what entered the stage.
+    """
+    total = sum(reason_counts.values())
+    dropped = {code: count for code, count in reason_counts.items() if code != "kept" and count}
+    stages: list[dict[str, Any]] = [{"stage": "input pairs", "remaining": total, "dropped": 0,
+                                     "percent_of_input": _percent(total, total), "reasons": []}]
+    remaining = total
+    for stage in (*FUNNEL, OTHER_STAGE):
+        here = {code: count for code, count in dropped.items() if stage_of(code) is stage}
+        if not here and not stage.always_shown:
+            continue
+        entering, lost = remaining, sum(here.values())
+        remaining -= lost
+        stages.append({
+            "stage": stage.label,
+            "remaining": remaining,
+            "dropped": lost,
+            "percent_of_input": _percent(remaining, total),
+            "drop_percent_of_stage_input": _percent(lost, entering),
+            "reasons": [{"reason": code, "count": count, "percent_of_input": _percent(count, total),
+                         "percent_of_stage_input": _percent(count, entering)}
+                        for code, count in sorted(here.items(), key=lambda item: (-item[1], item[0]))],
+        })
+    stages.append({"stage": "kept", "remaining": remaining, "dropped": 0,
+                   "percent_of_input": _percent(remaining, total), "reasons": []})
+    return {"input_pairs": total, "kept": remaining, "kept_percent": _percent(remaining, total), "stages": stages}

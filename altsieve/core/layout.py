@@ -1,14 +1,24 @@
-"""Where each pass reads and writes inside an output folder (any fsspec path)."""
+"""Where each pass reads and writes inside an output folder (any fsspec path), and what an output column is."""
 
 from __future__ import annotations
 
-from altsieve.transforms import fsutil
-from altsieve.transforms.write_shards import CANDIDATES_DIR, candidate_prefix, marker_path
+from dataclasses import dataclass
 
-__all__ = ["CANDIDATES_DIR", "candidate_prefix", "marker_path"]
+import pyarrow as pa
 
+from altsieve.core import fsutil
+
+CANDIDATES_DIR = "_candidates"
 META_DIR = "_altsieve"
 DECISIONS_DIR = "_decisions"
+
+
+def candidate_prefix(output: str, partition_id: str) -> str:
+    return fsutil.join(output, CANDIDATES_DIR, partition_id)
+
+
+def marker_path(output: str, partition_id: str) -> str:
+    return candidate_prefix(output, partition_id) + ".done"
 
 
 def meta(output: str, name: str) -> str:
@@ -52,3 +62,16 @@ def remove_stale_temporaries(output: str) -> int:
         fs, resolved = fsutil.filesystem(path)
         fs.rm(resolved)
     return len(leftovers)
+
+
+@dataclass(frozen=True)
+class Column:
+    """An output column: the stage that sets a record field declares it here, so the field reaches the Parquet.
+
+    ``transforms.shards`` assembles the schema from the declarations and refuses a record field that no
+    stage declared, so a new column cannot be dropped silently.
+    """
+
+    name: str
+    type: pa.DataType
+    doc: str = ""

@@ -1,0 +1,5 @@
+"""The bottom layer: the config schema, the layout of an output tree, fsspec helpers and the reason codes.
+
+Nothing here imports the rest of altsieve (``lint-imports`` checks it): filters/, transforms/, dedup/
+and pipeline/ build on it.
+"""
