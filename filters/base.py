@@ -11,7 +11,8 @@ A rule is one small class:
   message helps whoever reads the row).
 
 Rules never raise on odd input and never mutate the record, so a rule can be tested on a plain dict.
-Defining the class registers it; ``RuleSet`` runs the registered rules of a stage that a config
+Defining a class that names its ``stage`` registers it (``SettingRule`` is the base of the rules built
+from one setting); ``RuleSet`` runs the registered rules of a stage that a config
 switches on, in the order they were defined (cheapest first), and counts every reason it gives:
 statistics come free from the reason codes.
 """
@@ -47,8 +48,8 @@ class PairRule(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if inspect.isabstract(cls):
-            return
+        if inspect.isabstract(cls) or "stage" not in cls.__dict__:
+            return  # a base class that rules share (it names no stage of its own): not a rule
         stage = reason_codes.STAGES.get(getattr(cls, "stage", ""))
         if stage is None:
             raise TypeError(f"{cls.__name__}.stage must name a funnel stage: one of {', '.join(reason_codes.STAGES)}")
@@ -66,6 +67,23 @@ class PairRule(ABC):
     @abstractmethod
     def check(self, record: Record) -> Verdict:
         """None to keep the pair; its reason code (or code and message) to drop it."""
+
+
+class SettingRule(PairRule):
+    """A rule built from one setting of the config (``setting``, a dotted field name): off when the recipe
+    leaves it None, False or empty; otherwise ``self.bound`` holds its value for ``check``."""
+
+    setting: ClassVar[str]
+
+    def __init__(self, bound: Any) -> None:
+        self.bound = bound
+
+    @classmethod
+    def from_config(cls, config: Config) -> SettingRule | None:
+        value: Any = config
+        for part in cls.setting.split("."):
+            value = getattr(value, part)
+        return cls(value) if value not in (None, False) and value != [] else None
 
 
 def registered_rules(stage: str) -> list[type[PairRule]]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from altsieve.core import reasons
 from altsieve.core.config import Config, LanguageConfig, bucket_of
-from altsieve.filters.base import PairRule, Record, Verdict
+from altsieve.filters.base import PairRule, Record, SettingRule, Verdict
 from altsieve.filters.corpus import CorpusRule, Drop
 
 # --- per pair --------------------------------------------------------------------------------------
@@ -58,42 +58,32 @@ class ClipMinScore(PairRule):
         return reasons.CLIP_SCORE_BELOW_THRESHOLD if threshold is not None and score < threshold else None
 
 
-class ClipNsfw(PairRule):
+class _TagAbove(SettingRule):
+    """A zero-shot tag's probability (``score_field``) above its clip.tags bound; off unless CLIP and tags run."""
+
+    score_field: str
+
+    @classmethod
+    def from_config(cls, config: Config) -> SettingRule | None:
+        return super().from_config(config) if config.clip.enabled and config.clip.tags.enabled else None
+
+    def check(self, record: Record) -> Verdict:
+        score = record.get(self.score_field)
+        return self.reasons[0] if score is not None and float(score) > self.bound else None
+
+
+class ClipNsfw(_TagAbove):
     """clip.tags.drop_nsfw_above: the zero-shot NSFW probability above it (LAION tagged only: off by default)."""
 
-    stage, reasons = reasons.CLIP, (reasons.CLIP_NSFW,)
-
-    def __init__(self, bound: float) -> None:
-        self.bound = bound
-
-    @classmethod
-    def from_config(cls, config: Config) -> ClipNsfw | None:
-        tags = config.clip.tags
-        return cls(tags.drop_nsfw_above) if config.clip.enabled and tags.enabled and \
-            tags.drop_nsfw_above is not None else None
-
-    def check(self, record: Record) -> Verdict:
-        score = record.get("nsfw_score")
-        return reasons.CLIP_NSFW if score is not None and float(score) > self.bound else None
+    stage, reasons, setting = reasons.CLIP, (reasons.CLIP_NSFW,), "clip.tags.drop_nsfw_above"
+    score_field = "nsfw_score"
 
 
-class ClipWatermark(PairRule):
+class ClipWatermark(_TagAbove):
     """clip.tags.drop_watermark_above: the zero-shot watermark probability above it (off by default)."""
 
-    stage, reasons = reasons.CLIP, (reasons.CLIP_WATERMARK,)
-
-    def __init__(self, bound: float) -> None:
-        self.bound = bound
-
-    @classmethod
-    def from_config(cls, config: Config) -> ClipWatermark | None:
-        tags = config.clip.tags
-        return cls(tags.drop_watermark_above) if config.clip.enabled and tags.enabled and \
-            tags.drop_watermark_above is not None else None
-
-    def check(self, record: Record) -> Verdict:
-        score = record.get("watermark_score")
-        return reasons.CLIP_WATERMARK if score is not None and float(score) > self.bound else None
+    stage, reasons, setting = reasons.CLIP, (reasons.CLIP_WATERMARK,), "clip.tags.drop_watermark_above"
+    score_field = "watermark_score"
 
 
 # --- corpus-wide: the top fraction -----------------------------------------------------------------

@@ -22,7 +22,7 @@ from importlib import resources
 
 from altsieve.core import reasons
 from altsieve.core.config import Config
-from altsieve.filters.base import PairRule, Record, Verdict
+from altsieve.filters.base import PairRule, Record, SettingRule, Verdict
 
 # --- normalisation ----------------------------------------------------------------------------
 
@@ -285,51 +285,31 @@ class Blacklist(PairRule):
         return reasons.TEXT_BLACKLIST if self.words.contains(_caption(record)) else None
 
 
-class RequireHan(PairRule):
+class RequireHan(SettingRule):
     """rules.text.require_han: not one Han character (Wukong's "Chinese text")."""
 
-    stage, reasons = reasons.TEXT, (reasons.TEXT_NO_HAN,)
+    stage, reasons, setting = reasons.TEXT, (reasons.TEXT_NO_HAN,), "rules.text.require_han"
     needs_language = True
-
-    @classmethod
-    def from_config(cls, config: Config) -> RequireHan | None:
-        return cls() if config.rules.text.require_han else None
 
     def check(self, record: Record) -> Verdict:
         return None if (record.get("script_shares") or {}).get("han") else reasons.TEXT_NO_HAN
 
 
-class LanguageAllowList(PairRule):
+class LanguageAllowList(SettingRule):
     """rules.text.languages: a language label outside the allow-list (or no label)."""
 
-    stage, reasons = reasons.TEXT, (reasons.TEXT_LANGUAGE,)
+    stage, reasons, setting = reasons.TEXT, (reasons.TEXT_LANGUAGE,), "rules.text.languages"
     needs_language = True
 
-    def __init__(self, languages: list[str]) -> None:
-        self.allowed = frozenset(languages)
-
-    @classmethod
-    def from_config(cls, config: Config) -> LanguageAllowList | None:
-        languages = config.rules.text.languages
-        return cls(languages) if languages else None
-
     def check(self, record: Record) -> Verdict:
-        return None if record.get("language") in self.allowed else reasons.TEXT_LANGUAGE
+        return None if record.get("language") in self.bound else reasons.TEXT_LANGUAGE
 
 
-class MinLanguageScore(PairRule):
+class MinLanguageScore(SettingRule):
     """rules.text.min_language_score: the language model's confidence below this."""
 
-    stage, reasons = reasons.TEXT, (reasons.TEXT_LANGUAGE_SCORE,)
+    stage, reasons, setting = reasons.TEXT, (reasons.TEXT_LANGUAGE_SCORE,), "rules.text.min_language_score"
     needs_language = True
 
-    def __init__(self, min_score: float) -> None:
-        self.min_score = min_score
-
-    @classmethod
-    def from_config(cls, config: Config) -> MinLanguageScore | None:
-        bound = config.rules.text.min_language_score
-        return None if bound is None else cls(bound)
-
     def check(self, record: Record) -> Verdict:
-        return reasons.TEXT_LANGUAGE_SCORE if float(record.get("language_score") or 0.0) < self.min_score else None
+        return reasons.TEXT_LANGUAGE_SCORE if float(record.get("language_score") or 0.0) < self.bound else None

@@ -115,24 +115,26 @@ class RowStage(beam.DoFn):
             count_drops(rules)
 
 
-class CaptionRules(beam.PTransform):
+class _TextStage(beam.PTransform):
+    """One stage of ``TextCuration`` (``curation_stage``) as a Beam transform over partitions."""
+
+    curation_stage: str
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, partitions: beam.PCollection) -> beam.PCollection:
+        return partitions | "Apply" >> beam.ParDo(RowStage(self.curation_stage, self._config))
+
+
+class CaptionRules(_TextStage):
     """Normalisation, then the caption rules and the text rules that need no language label: before LanguageTag."""
 
-    def __init__(self, config: Config) -> None:
-        super().__init__()
-        self._config = config
-
-    def expand(self, partitions: beam.PCollection) -> beam.PCollection:
-        return partitions | "Apply" >> beam.ParDo(RowStage("caption_stage", self._config))
+    curation_stage = "caption_stage"
 
 
-class TextRules(beam.PTransform):
+class TextRules(_TextStage):
     """Language allow-list, Han required, minimum confidence, then person names: after LanguageTag."""
 
-    def __init__(self, config: Config) -> None:
-        super().__init__()
-        self._config = config
-
-    def expand(self, partitions: beam.PCollection) -> beam.PCollection:
-        return partitions | "Apply" >> beam.ParDo(RowStage("text_stage", self._config))
-
+    curation_stage = "text_stage"
