@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from altsieve import __version__
 from altsieve.core import fsutil, layout, reasons
 from altsieve.core.config import Config
+from altsieve.pipeline.card import card_text
 from altsieve.pipeline.reshard import final_shards
 
 VERSIONED_PACKAGES = ["apache-beam", "pyarrow", "pillow", "numpy", "opencv-python-headless", "fasttext-predict",
@@ -53,7 +54,8 @@ def _bucket_counts(shards: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _clip_record(output: str) -> dict[str, Any]:
-    record: dict[str, Any] = {"embeddings": "_candidates/{partition_id}_embeddings.npz"}
+    record: dict[str, Any] = {"embeddings": "_candidates/{partition_id}_embeddings.npz",
+                              "final_embeddings": f"{layout.EMBEDDINGS_DIR}/ (clip-retrieval's layout)"}
     for name, key in (("clip_model.json", "model"), ("clip_quantile.json", "top_fraction_cut")):
         path = layout.meta(output, name)
         if fsutil.exists(path):
@@ -73,7 +75,9 @@ def write_reports(config: Config, output: str, metrics: dict[str, Any], started:
         for shard in final_shards(output, bucket):
             shard_stats = fsutil.read_json(layout.final_prefix(output, shard, bucket) + "_stats.json")
             shards.append({"shard": shard, "tar": f"{folder}{shard:05d}.tar", "parquet": f"{folder}{shard:05d}.parquet",
-                           "count": shard_stats["count"], **({"bucket": bucket} if bucket else {})})
+                           "count": shard_stats["successes"], **({"bucket": bucket} if bucket else {})})
+            if config.output.format == "parquet":  # no tar: the Parquet holds the images
+                del shards[-1]["tar"]
     # Every pair that passed ingest ("kept" there) has a select decision: kept, or a corpus rule's reason.
     dropped_in_ingest = Counter({k: v for k, v in ingest_counts.items() if k != "kept"})
     reason_counts = Counter({k: v for k, v in (dropped_in_ingest + select_counts).items() if k != "kept"})
@@ -88,7 +92,7 @@ def write_reports(config: Config, output: str, metrics: dict[str, Any], started:
         "duration_s": round(time.time() - started, 2),
     }
     manifest = {
-        "format": "webdataset+parquet",
+        "format": "webdataset+parquet" if config.output.format == "webdataset" else "parquet",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "recipe": config.name,
         "config": config.model_dump(mode="json"),
@@ -103,6 +107,7 @@ def write_reports(config: Config, output: str, metrics: dict[str, Any], started:
     fsutil.write_json(fsutil.join(output, "stats.json"), stats)
     fsutil.write_json(fsutil.join(output, "manifest.json"), manifest)
     fsutil.write_text(fsutil.join(output, "summary.txt"), summary_text(output, stats, config))
+    fsutil.write_text(fsutil.join(output, layout.CARD_FILE), card_text(config, stats, layout.final_buckets(output)))
     return stats
 
 

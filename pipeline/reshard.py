@@ -8,12 +8,16 @@ the candidate files, so image bytes are read once and never shuffled.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import time
 from itertools import accumulate
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from altsieve.core import fsutil, layout
@@ -76,24 +80,69 @@ def plan_segments(counts: dict[str, int], samples_per_shard: int) -> dict[int, l
     return shards
 
 
+class ShardTask(NamedTuple):
+    """What one final shard's writer needs: its segments, and the input rows its stats stand for.
+
+    img2dataset's shard stats count every input row of the shard (failures included); a final shard
+    here is cut from the kept pairs in key order, so it stands for the input rows after the previous
+    shard's last kept pair up to its own last kept pair (the last shard: to the end of the input). Every
+    input row is thus counted in exactly one shard of its bucket. ``previous``: the previous shard's last
+    segment (None for the first shard); ``scan``: the partitions holding those rows.
+    """
+
+    segments: list[Segment]
+    previous: Segment | None
+    scan: list[str]
+    last: bool
+
+
+def plan_tasks(plan: dict[ShardId, list[Segment]], partitions: list[str]) -> dict[ShardId, ShardTask]:
+    order = sorted(partitions)
+    index = {pid: i for i, pid in enumerate(order)}
+    tasks: dict[ShardId, ShardTask] = {}
+    shards_of: dict[str, list[int]] = {}
+    for bucket, shard in plan:
+        shards_of.setdefault(bucket, []).append(shard)
+    for bucket, shards in shards_of.items():
+        shards.sort()
+        for position, shard in enumerate(shards):
+            segments = sorted(plan[(bucket, shard)])
+            previous = sorted(plan[(bucket, shards[position - 1])])[-1] if position else None
+            first = index[previous[0]] if previous else 0
+            last = position == len(shards) - 1
+            stop = len(order) if last else index[segments[-1][0]] + 1
+            tasks[(bucket, shard)] = ShardTask(segments, previous, order[first:stop], last)
+    return tasks
+
+
 class _WriteFinalShard(beam.DoFn):
     def __init__(self, output: str, extra_columns: list[str], encode_format: str,
-                 language: LanguageConfig | None = None) -> None:
+                 language: LanguageConfig | None = None, output_format: str = "webdataset",
+                 clip_identity: dict[str, Any] | None = None) -> None:
         self._output, self._extra, self._format = output, extra_columns, encode_format
         self._language = language  # set when the output is split by language bucket
+        self._output_format = output_format
+        self._clip = clip_identity  # set when the run saved CLIP embeddings: they are exported per final shard
 
-    def process(self, element: tuple[ShardId, list[Segment]]):
-        (bucket, shard), segments = element
-        segments = sorted(segments)
+    def setup(self) -> None:
+        # A partition is scanned by every shard whose rows it holds (several, when shards are smaller than
+        # partitions): the last few are kept, as they are asked for in order.
+        self._kept_keys = functools.lru_cache(maxsize=8)(
+            lambda pid: kept_keys_by_bucket(self._output, pid, self._language))
+        self._outcomes = functools.lru_cache(maxsize=4)(lambda pid: partition_outcomes(self._output, pid))
+
+    def process(self, element: tuple[ShardId, ShardTask]):
+        (bucket, shard), task = element
+        segments = task.segments
         prefix = layout.final_prefix(self._output, shard, bucket or None)
         wanted_by_partition = {
-            pid: kept_keys_by_bucket(self._output, pid, self._language).get(bucket, [])[first:last]
-            for pid, first, last in segments
+            pid: self._kept_keys(pid).get(bucket, [])[first:last] for pid, first, last in segments
         }
         # The shard's identity is the keys it holds: a retry run that turned a failure into a kept
         # pair changes them even when the segment bounds stay the same.
         identity = hashlib.sha256("\n".join(k for keys in wanted_by_partition.values() for k in keys).encode())
-        plan = {"segments": [list(s) for s in segments], "keys_sha256": identity.hexdigest()}
+        plan = {"segments": [list(s) for s in segments], "keys_sha256": identity.hexdigest(),
+                "format": self._output_format, "embeddings": self._clip is not None}
         stats_path = f"{prefix}_stats.json"
         if fsutil.exists(stats_path):
             existing = fsutil.read_json(stats_path)
@@ -112,12 +161,94 @@ class _WriteFinalShard(beam.DoFn):
                 if record["image"] is None:
                     raise RuntimeError(f"candidate shard {candidate}.tar lacks the image of kept pair {record['key']}")
                 records.append(record)
+        if self._clip is not None:  # before the stats file: a shard with stats is complete
+            self._write_embeddings(bucket, shard, sorted(records, key=lambda r: r["key"]))
         extra = {"shard": shard, "plan": plan, **({"bucket": bucket} if bucket else {})}
-        stats = write_shard(prefix, records, self._extra, self._format, started, extra)
+        outcomes = self._attributed_outcomes(bucket, task, wanted_by_partition)
+        stats = write_shard(prefix, records, self._extra, self._format, started, extra, outcomes, self._output_format)
         yield shard, stats
 
+    def _attributed_outcomes(self, bucket: str, task: ShardTask,
+                             wanted: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """The input rows this shard stands for (see ``ShardTask``), with their final outcome."""
+        after = None
+        if task.previous is not None:
+            pid, _, last = task.previous
+            after = self._kept_keys(pid).get(bucket, [])[last - 1]
+        through = None if task.last else max(k for keys in wanted.values() for k in keys)
+        rows = []
+        for pid in task.scan:
+            for row in self._outcomes(pid):
+                if (after is not None and row["key"] <= after) or (through is not None and row["key"] > through):
+                    continue
+                if self._language is not None and bucket_of(row["language"], row["language_score"],
+                                                             self._language) != bucket:
+                    continue
+                rows.append(row)
+        return rows
 
-def build_reshard(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str]) -> None:
+    def _write_embeddings(self, bucket: str, shard: int, records: list[dict[str, Any]]) -> None:
+        from altsieve.transforms.clip import load_partition_embeddings
+
+        keys = [r["key"] for r in records]
+        by_key: dict[str, tuple[Any, Any]] = {}
+        for pid in sorted({r["partition_id"] for r in records}):
+            part_keys, image, text = load_partition_embeddings(self._output, pid, self._clip)
+            index = {str(k): i for i, k in enumerate(part_keys)}
+            for record in records:
+                if record["partition_id"] == pid:
+                    if record["key"] not in index:
+                        raise RuntimeError(f"no CLIP embedding of kept pair {record['key']} in partition {pid}")
+                    i = index[record["key"]]
+                    by_key[record["key"]] = (image[i], text[i])
+        image = np.stack([by_key[k][0] for k in keys])
+        text = np.stack([by_key[k][1] for k in keys])
+        write_embeddings(self._output, bucket or None, shard, image, text, embedding_metadata(records, shard))
+
+
+def partition_outcomes(output: str, partition_id: str) -> list[dict[str, Any]]:
+    """Every input row of a partition with its final outcome: the ingest's reason, else the select decision."""
+    columns = ["key", "reason", "error_message", "bytes", "language", "language_score"]
+    rows = read_parquet_rows(layout.candidate_prefix(output, partition_id) + ".parquet", columns)
+    decided = {r["key"]: r["reason"] for r in read_parquet_rows(layout.decision_path(output, partition_id),
+                                                                  ["key", "reason"])}
+    for row in rows:
+        if row["reason"] is None:
+            row["reason"] = decided.get(row["key"])
+    return rows
+
+
+def embedding_metadata(records: list[dict[str, Any]], shard: int) -> pa.Table:
+    """clip-retrieval's ``metadata/`` rows: ``image_path`` (the sample key, as clip-retrieval writes for
+    webdataset input), ``caption``, and ours: key, url, the tar, the CLIP score."""
+    return pa.table({
+        "image_path": [r["key"] for r in records],
+        "caption": [r.get("caption") or "" for r in records],
+        "url": [r.get("url") or "" for r in records],
+        "key": [r["key"] for r in records],
+        "shard": [f"{shard:05d}.tar"] * len(records),
+        "clip_score": pa.array([r.get("clip_score") for r in records], pa.float32()),
+    })
+
+
+def write_embeddings(output: str, bucket: str | None, shard: int, image: np.ndarray, text: np.ndarray,
+                     metadata: pa.Table) -> None:
+    """One final shard's rows in clip-retrieval's layout: img_emb/, text_emb/ (.npy, float16 [N, D]) and
+    metadata/ (Parquet), aligned row for row and in the shard's order, as autofaiss and clip back read them."""
+    paths = layout.embedding_paths(output, shard, bucket)
+    for path, array in ((paths.image, image), (paths.text, text)):
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(array, dtype=np.float16))
+        fsutil.write_atomic(path, functools.partial(_write_bytes, buffer.getvalue()))
+    fsutil.write_atomic(paths.metadata, lambda handle: pq.write_table(metadata, handle))
+
+
+def _write_bytes(data: bytes, handle: Any) -> None:
+    handle.write(data)
+
+
+def build_reshard(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str],
+                  clip_identity: dict[str, Any] | None = None) -> None:
     samples = config.output.samples_per_shard
     language = config.language if config.output.split_by_language else None
     counts = (
@@ -129,14 +260,14 @@ def build_reshard(pipeline: beam.Pipeline, config: Config, output: str, partitio
         )
         | "AllCounts" >> beam.combiners.ToDict()
     )
+    writer = _WriteFinalShard(output, config.input.save_additional_columns, config.image.encode_format, language,
+                              config.output.format, clip_identity)
     _ = (
         counts
         | "RecordPlan" >> beam.Map(lambda c: _record_plan(output, c, samples))
-        | "PlanShards" >> beam.FlatMap(lambda c: sorted(plan_buckets(c, samples).items()))
+        | "PlanShards" >> beam.FlatMap(lambda c: sorted(plan_tasks(plan_buckets(c, samples), partitions).items()))
         | "Spread" >> beam.Reshuffle()
-        | "WriteShards" >> beam.ParDo(
-            _WriteFinalShard(output, config.input.save_additional_columns, config.image.encode_format, language)
-        )
+        | "WriteShards" >> beam.ParDo(writer)
     )
 
 
@@ -155,9 +286,37 @@ def run_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
     if not fsutil.exists(done_path):
         raise ConfigError(f"{output} has no finished select pass ({done_path} is missing): run `altsieve select` first")
     partitions = list(fsutil.read_json(done_path)["partitions"])
-    metrics = run_pipeline(lambda p: build_reshard(p, config, output, partitions), beam_args)
-    _remove_stale_shards(output, fsutil.read_json(layout.meta(output, "reshard_plan.json"))["buckets"])
+    clip_identity = None
+    if config.clip.enabled and config.clip.save_embeddings:  # the final shards' embeddings, clip-retrieval's layout
+        clip_identity = {k: v for k, v in fsutil.read_json(layout.meta(output, "clip_model.json")).items()
+                         if k in ("model", "weights_sha256", "embed_dim")}
+    metrics = run_pipeline(lambda p: build_reshard(p, config, output, partitions, clip_identity), beam_args)
+    plan = fsutil.read_json(layout.meta(output, "reshard_plan.json"))["buckets"]
+    _remove_stale_shards(output, plan)
+    for bucket in sorted(plan):
+        write_shard_indexes(output, bucket or None, config.output.format)
     return metrics
+
+
+def write_shard_indexes(output: str, bucket: str | None, output_format: str) -> None:
+    """Beside the tars, what trainers read instead of counting samples: ``sizes.json`` (open_clip_train's
+    get_dataset_size: tar name -> samples) and ``shardindex.json`` (wids' shard index, wids-shard-index-v1,
+    its URLs relative to the index's folder)."""
+    if output_format != "webdataset":
+        return
+    shardlist, sizes = [], {}
+    for shard in final_shards(output, bucket):
+        prefix = layout.final_prefix(output, shard, bucket)
+        samples = int(fsutil.read_json(prefix + "_stats.json")["successes"])
+        fs, path = fsutil.filesystem(prefix + ".tar")
+        name = f"{shard:05d}.tar"
+        sizes[name] = samples
+        shardlist.append({"url": name, "nsamples": samples, "filesize": int(fs.size(path))})
+    folder = layout.final_prefix(output, 0, bucket)[: -len("/00000")]
+    fsutil.write_json(fsutil.join(folder, layout.SIZES_FILE), sizes)
+    name = f"altsieve{'-' + bucket if bucket else ''}"
+    fsutil.write_json(fsutil.join(folder, layout.WIDS_INDEX_FILE),
+                      {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name, "shardlist": shardlist})
 
 
 def final_shards(output: str, bucket: str | None = None) -> list[int]:
@@ -172,7 +331,8 @@ def _remove_stale_shards(output: str, expected: dict[str, int]) -> None:
             if shard < expected.get(bucket, 0):
                 continue
             prefix = layout.final_prefix(output, shard, bucket or None)
-            for suffix in (".tar", ".parquet", "_stats.json"):
-                fs, path = fsutil.filesystem(prefix + suffix)
+            for stale in (prefix + ".tar", prefix + ".parquet", prefix + "_stats.json",
+                          *layout.embedding_paths(output, shard, bucket or None)):
+                fs, path = fsutil.filesystem(stale)
                 if fs.exists(path):
                     fs.rm(path)

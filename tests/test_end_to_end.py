@@ -155,9 +155,12 @@ def test_every_kept_pair_appears_once_with_the_right_image(corpus, in_memory_run
     keys = final_keys(output)
     assert keys == kept  # each kept pair exactly once, in key order
     assert stats["output_samples"] == len(kept) == stats["funnel"]["kept"]
-    counts = [json.loads(Path(p).read_text())["count"] for p in sorted(Path(output).glob("[0-9]*_stats.json"))]
+    shard_stats = [json.loads(Path(p).read_text()) for p in sorted(Path(output).glob("[0-9]*_stats.json"))]
+    counts = [s["successes"] for s in shard_stats]  # img2dataset's meaning: the samples in the shard
     per_shard = DEMO_OVERRIDES["output"]["samples_per_shard"]
     assert all(c == per_shard for c in counts[:-1]) and 0 < counts[-1] <= per_shard
+    # ... and its "count": the input rows it stands for, so that the shards together count the whole input
+    assert sum(s["count"] for s in shard_stats) == len(corpus.pairs)
     by_key = {pair.pair_id: pair for pair in corpus.pairs}
     rows = {r["key"]: r for p in Path(output).glob("[0-9]*.parquet") for r in pq.read_table(p).to_pylist()}
     for key in keys:

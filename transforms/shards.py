@@ -77,10 +77,28 @@ def to_table(records: list[dict[str, Any]], extra_columns: list[str]) -> pa.Tabl
     return pa.table({**columns, **extras}, schema=schema(extra_columns))
 
 
+# The sidecar of a kept sample: every column but the outcome fields that are null for every kept pair
+# (reason, duplicate_of) and the bookkeeping ones. error_message stays, null, as img2dataset writes it.
+_SIDECAR_COLUMNS = tuple(c for c in COLUMNS if c.name not in _NOT_IN_JSON | {"reason", "duplicate_of"})
+# Readers that infer a schema from the first samples (Hugging Face ``datasets`` reads 5) need one JSON type per
+# field: a string that is null in one sample and text in the next makes them infer null and then fail. So an
+# empty string field is "" (EXIF: "{}", img2dataset's "no tags"), and so is an empty carried input column.
+# Numbers are null only where a whole run has none (CLIP off, language tagging off).
+_EMPTY_STRING = {"exif": "{}", "error_message": None}
+
+
 def sample_json(record: dict[str, Any]) -> bytes:
-    data = {k: v for k, v in record.items() if k not in _NOT_IN_JSON}
+    """The ``{key}.json`` of a sample: its row, each field with one type across every sample of a run."""
+    data: dict[str, Any] = {}
+    for column in _SIDECAR_COLUMNS:
+        value = record.get(column.name)
+        if value is None and pa.types.is_string(column.type):
+            value = _EMPTY_STRING.get(column.name, "")
+        data[column.name] = value
     data["status"] = reasons.status_for(record.get("reason"))
-    data.update(record.get("extra") or {})
+    for name, value in (record.get("extra") or {}).items():
+        if name not in data:  # a carried column named like one of ours never overwrites it
+            data[name] = "" if value is None else str(value)
     return json.dumps(data, ensure_ascii=False).encode("utf-8")
 
 
@@ -111,19 +129,54 @@ def write_tar(handle: IO[bytes], records: Iterable[dict[str, Any]], encode_forma
     return count
 
 
-def shard_stats(records: list[dict[str, Any]], started: float) -> dict[str, Any]:
-    reason_counts = Counter(record.get("reason") or "kept" for record in records)
-    status_counts = Counter(reasons.status_for(record.get("reason")) for record in records)
+def shard_stats(outcomes: Iterable[dict[str, Any]], start_time: float, end_time: float | None = None) -> dict[str, Any]:
+    """``{shard}_stats.json``: img2dataset's keys with its meanings, then ours.
+
+    img2dataset's: ``count`` (input rows the shard stands for), ``successes`` (samples in it),
+    ``failed_to_download``, ``failed_to_resize``, ``duration``, ``start_time``, ``end_time`` (epoch
+    seconds) and ``status_dict`` ("success", else the error message, else the reason code -> count).
+    Ours: ``filtered`` (dropped by a rule), ``reasons`` (reason code -> count; "kept") and ``bytes_fetched``.
+    """
+    end_time = time.time() if end_time is None else end_time
+    reason_counts: Counter[str] = Counter()
+    status_counts: Counter[str] = Counter()
+    status_dict: Counter[str] = Counter()
+    bytes_fetched = 0
+    for outcome in outcomes:
+        reason = outcome.get("reason")
+        reason_counts[reason or "kept"] += 1
+        status_counts[reasons.status_for(reason)] += 1
+        status_dict[reasons.STATUS_SUCCESS if reason is None else (outcome.get("error_message") or reason)] += 1
+        bytes_fetched += int(outcome.get("bytes") or 0)
     return {
-        "count": len(records),
+        "count": sum(reason_counts.values()),
         "successes": status_counts.get(reasons.STATUS_SUCCESS, 0),
         "failed_to_download": status_counts.get(reasons.STATUS_FAILED_TO_DOWNLOAD, 0),
         "failed_to_resize": status_counts.get(reasons.STATUS_FAILED_TO_RESIZE, 0),
+        "duration": end_time - start_time,
+        "start_time": start_time,
+        "end_time": end_time,
+        "status_dict": dict(status_dict.most_common()),
         "filtered": status_counts.get(reasons.STATUS_FILTERED, 0),
         "reasons": dict(sorted(reason_counts.items())),
-        "bytes_fetched": sum(int(record.get("bytes") or 0) for record in records),
-        "duration_s": round(time.time() - started, 3),
+        "bytes_fetched": bytes_fetched,
     }
+
+
+def image_column(encode_format: str) -> str:
+    """The image bytes' column in Parquet shards (output.format: parquet): named after the format, as img2dataset."""
+    return EXTENSIONS[encode_format]
+
+
+def write_parquet_with_images(handle: IO[bytes], records: list[dict[str, Any]], extra_columns: list[str],
+                              encode_format: str) -> int:
+    """img2dataset's ``parquet`` output format: one row per sample, the image bytes beside the metadata."""
+    kept = [record for record in records if record.get("image") is not None and record.get("reason") is None]
+    table = to_table(kept, extra_columns)
+    table = table.append_column(pa.field(image_column(encode_format), pa.binary()),
+                                pa.array([record["image"] for record in kept], pa.binary()))
+    pq.write_table(table, handle, compression="zstd")
+    return len(kept)
 
 
 def write_shard(
@@ -133,13 +186,24 @@ def write_shard(
     encode_format: str,
     started: float,
     extra_stats: dict[str, Any] | None = None,
+    outcomes: Iterable[dict[str, Any]] | None = None,
+    output_format: str = "webdataset",
 ) -> dict[str, Any]:
-    """Write ``prefix.tar``, ``prefix.parquet`` and ``prefix_stats.json``, each atomically, in that order."""
+    """Write ``prefix.tar``, ``prefix.parquet`` and ``prefix_stats.json``, each atomically, in that order.
+
+    ``output_format`` "parquet": no tar; the Parquet holds the samples with their image bytes instead.
+    ``outcomes``: the rows the stats count, when they are not ``records`` (a final shard counts the input
+    rows it stands for, dropped ones included).
+    """
     records = sorted(records, key=lambda record: record["key"])
-    fsutil.write_atomic(f"{prefix}.tar", lambda handle: write_tar(handle, records, encode_format))
-    table = to_table(records, extra_columns)
-    fsutil.write_atomic(f"{prefix}.parquet", lambda handle: pq.write_table(table, handle, compression="zstd"))
-    stats = shard_stats(records, started)
+    if output_format == "parquet":
+        fsutil.write_atomic(f"{prefix}.parquet",
+                            lambda handle: write_parquet_with_images(handle, records, extra_columns, encode_format))
+    else:
+        fsutil.write_atomic(f"{prefix}.tar", lambda handle: write_tar(handle, records, encode_format))
+        table = to_table(records, extra_columns)
+        fsutil.write_atomic(f"{prefix}.parquet", lambda handle: pq.write_table(table, handle, compression="zstd"))
+    stats = shard_stats(records if outcomes is None else outcomes, started)
     stats.update(extra_stats or {})
     fsutil.write_json(f"{prefix}_stats.json", stats)
     return stats

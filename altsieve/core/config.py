@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -352,6 +353,9 @@ class OutputConfig(_Section):
     samples_per_shard: int = Field(10_000, ge=1)
     # One output tree per language bucket (see language.buckets): OUTPUT/lang=en/00000.tar, OUTPUT/lang=zh/...
     split_by_language: bool = False
+    # Final shards: "webdataset" (tars of image, caption and JSON, plus Parquet of the metadata) or "parquet"
+    # (Parquet alone, the image bytes in a column named after image.encode_format: img2dataset's parquet format).
+    format: Literal["webdataset", "parquet"] = "webdataset"
 
 
 class Config(_Section):
@@ -446,15 +450,20 @@ def builtin_recipe_names() -> list[str]:
 def _read_recipe_source(recipe: str) -> tuple[dict[str, Any], str]:
     """Load a recipe by built-in name or by path; returns its mapping and a name for messages."""
     path = Path(recipe)
-    if recipe.endswith((".yaml", ".yml")) or path.exists():
+    # A path only when it says so (a .yaml/.yml name or a folder separator): a folder or file in the
+    # current directory that happens to be named like a recipe ("demo", "default") never shadows it.
+    if recipe.endswith((".yaml", ".yml")) or "/" in recipe or os.sep in recipe:
         if not path.exists():
             raise ConfigError(f"recipe file {recipe} does not exist")
+        if not path.is_file():
+            raise ConfigError(f"recipe {recipe} is a folder, not a YAML file")
         text, source = path.read_text(encoding="utf-8"), str(path)
     else:
         if recipe not in builtin_recipe_names():
+            hint = f" (for the file {recipe} here, write ./{recipe})" if path.is_file() else ""
             raise ConfigError(
                 f"unknown recipe {recipe!r}: built-in recipes are {', '.join(builtin_recipe_names())}; "
-                "or pass the path of a YAML file"
+                f"or pass the path of a YAML file{hint}"
             )
         text = resources.files("altsieve.recipes").joinpath(f"{recipe}.yaml").read_text(encoding="utf-8")
         source = f"built-in recipe {recipe!r}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -37,6 +38,32 @@ BUCKET_DIR_PREFIX = "lang="
 def final_prefix(output: str, shard: int, bucket: str | None = None) -> str:
     folder = fsutil.join(output, f"{BUCKET_DIR_PREFIX}{bucket}") if bucket else output
     return fsutil.join(folder, f"{shard:05d}")
+
+
+# Beside the final shards of each tree, for the tools that read them (pipeline/reshard.py, pipeline/report.py).
+SIZES_FILE = "sizes.json"  # open_clip_train: tar name -> samples
+WIDS_INDEX_FILE = "shardindex.json"  # wids: wids-shard-index-v1
+CARD_FILE = "README.md"  # Hugging Face datasets: the dataset card, its `configs:` name the shards
+EMBEDDINGS_DIR = "embeddings"  # clip-retrieval's layout: img_emb/, text_emb/, metadata/
+
+
+class EmbeddingPaths(NamedTuple):
+    image: str
+    text: str
+    metadata: str
+
+
+def embeddings_root(output: str, bucket: str | None = None) -> str:
+    folder = fsutil.join(output, f"{BUCKET_DIR_PREFIX}{bucket}") if bucket else output
+    return fsutil.join(folder, EMBEDDINGS_DIR)
+
+
+def embedding_paths(output: str, shard: int, bucket: str | None = None) -> EmbeddingPaths:
+    """A final shard's CLIP embeddings, as clip-retrieval names them (img_emb/img_emb_00000.npy ...)."""
+    root = embeddings_root(output, bucket)
+    return EmbeddingPaths(fsutil.join(root, "img_emb", f"img_emb_{shard:05d}.npy"),
+                          fsutil.join(root, "text_emb", f"text_emb_{shard:05d}.npy"),
+                          fsutil.join(root, "metadata", f"metadata_{shard:05d}.parquet"))
 
 
 def final_buckets(output: str) -> list[str]:
