@@ -24,7 +24,8 @@ def _require(module: str, setting: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec(module) is None:
-        raise ConfigError(f"{setting} needs {module}: pip install 'altsieve[dedup]' (faiss-cpu, datasketch)")
+        raise ConfigError(f"{setting} needs {module}, a dependency of altsieve missing here: "
+                          "pip install faiss-cpu datasketch")
 
 
 def _require_embeddings(output: str | None, setting: str) -> None:

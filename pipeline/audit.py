@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import re
+import sys
 import tarfile
 import time
 import zlib
@@ -35,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from altsieve import __version__
 from altsieve.core import fsutil, layout, reasons
@@ -747,14 +749,26 @@ def run_info(source: Source, audited_reasons: dict[str, int], kept: int) -> dict
 # The command
 
 
+def _rows_of(paths: list[str]) -> int:
+    """The rows of Parquet files, from their footers: the progress bar's total."""
+    total = 0
+    for path in paths:
+        with fsspec.open(path, "rb") as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
 def audit(path: str, report_dir: str, samples_per_reason: int = 6, url_col: str = "url",
           caption_col: str = "caption") -> dict[str, Any]:
     """Audit PATH; write ``report.html`` and ``audit.json`` into ``report_dir``; return the JSON."""
     started = time.time()
     source = detect(path, url_col, caption_col)
     aggregator = Aggregator(source, samples_per_reason)
-    for batch in iter_batches(source):
-        aggregator.add(batch)
+    with tqdm(desc="audit", total=_rows_of(source.parquet_files), unit="pairs", file=sys.stderr,
+              dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0) as bar:
+        for batch in iter_batches(source):
+            aggregator.add(batch)
+            bar.update(len(batch.table))
     result = aggregator.result()
     not_computed = result.pop("not_computed")
     reason_counts = {k: v for k, v in sorted(aggregator.reason_counts.items()) if k != "kept"}

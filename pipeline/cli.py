@@ -8,6 +8,7 @@ Beam does not know either is an error, not a silent no-op.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -27,39 +28,79 @@ FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "encode_format": ("image.encode_format", str),
     "encode_quality": ("image.encode_quality", int),
     "samples_per_shard": ("output.samples_per_shard", int),
+    "output_format": ("output.format", str),
     "retries": ("download.retries", int),
     "timeout": ("download.read_timeout_s", float),
     "concurrency": ("download.concurrency", int),
 }
 
 
+@functools.cache
+def _default_recipe() -> Config:
+    return load_config("default")
+
+
+def _recipe_default(dotted: str) -> str:
+    """The help text's default for a flag that overrides a recipe field: the recipe decides."""
+    value: Any = _default_recipe()
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return f"(default: the recipe's; {value} in the default recipe)"
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("recipe and overrides")
-    group.add_argument("--recipe", default="default", help="built-in recipe name or YAML path (default: default)")
+    group = parser.add_argument_group("recipe and overrides (each flag overrides the recipe's value)")
+    group.add_argument("--recipe", default="default",
+                       help="built-in recipe name (see `altsieve recipes`) or the path of a YAML file "
+                       "(a name ending in .yaml/.yml or with a / in it) (default: default)")
     group.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="override any recipe field, e.g. --set rules.image.min_side=200 (repeatable)")
-    group.add_argument("--url-col", dest="url_col")
-    group.add_argument("--caption-col", dest="caption_col")
-    group.add_argument("--save-additional-columns", dest="save_additional_columns",
-                       help="comma-separated input columns to carry to the output")
-    group.add_argument("--input-format", dest="input_format", choices=["auto", "parquet", "csv", "tsv", "jsonl"])
-    group.add_argument("--rows-per-partition", dest="rows_per_partition", type=int)
-    group.add_argument("--image-size", dest="image_size", type=int)
+                       help="override any recipe field, e.g. --set rules.image.min_side=200 (repeatable; "
+                       "default: none)")
+    group.add_argument("--url-col", dest="url_col", metavar="NAME",
+                       help=f"input column holding the image URL {_recipe_default('input.url_col')}")
+    group.add_argument("--caption-col", dest="caption_col", metavar="NAME",
+                       help=f"input column holding the alt-text {_recipe_default('input.caption_col')}")
+    group.add_argument("--save-additional-columns", dest="save_additional_columns", metavar="A,B",
+                       help="comma-separated input columns to carry to the output Parquet and sample JSON "
+                       "(default: none)")
+    group.add_argument("--input-format", dest="input_format", choices=["auto", "parquet", "csv", "tsv", "jsonl"],
+                       help="input file format; auto: from the name, .gz included "
+                       f"{_recipe_default('input.input_format')}")
+    group.add_argument("--rows-per-partition", dest="rows_per_partition", type=int, metavar="N",
+                       help="pairs per partition, the unit of work and of resume "
+                       f"{_recipe_default('input.rows_per_partition')}")
+    group.add_argument("--image-size", dest="image_size", type=int, metavar="PX",
+                       help=f"side of the stored images, in pixels {_recipe_default('image.image_size')}")
     group.add_argument("--resize-mode", dest="resize_mode",
-                       choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"])
-    group.add_argument("--encode-format", dest="encode_format", choices=["jpg", "webp", "png"])
-    group.add_argument("--encode-quality", dest="encode_quality", type=int)
-    group.add_argument("--samples-per-shard", dest="samples_per_shard", type=int)
-    group.add_argument("--retries", type=int)
-    group.add_argument("--timeout", type=float, help="read timeout in seconds")
-    group.add_argument("--concurrency", type=int, help="download threads per worker")
+                       choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"],
+                       help="how images are fitted to --image-size, as img2dataset's resize modes "
+                       f"{_recipe_default('image.resize_mode')}")
+    group.add_argument("--encode-format", dest="encode_format", choices=["jpg", "webp", "png"],
+                       help=f"format the stored images are encoded in {_recipe_default('image.encode_format')}")
+    group.add_argument("--encode-quality", dest="encode_quality", type=int, metavar="Q",
+                       help=f"JPEG/WebP quality, 1-100 {_recipe_default('image.encode_quality')}")
+    group.add_argument("--samples-per-shard", dest="samples_per_shard", type=int, metavar="N",
+                       help=f"pairs in each final shard (the last may hold fewer) "
+                       f"{_recipe_default('output.samples_per_shard')}")
+    group.add_argument("--output-format", dest="output_format", choices=["webdataset", "parquet"],
+                       help="final shards: webdataset tars (+ Parquet metadata), or Parquet with the image bytes "
+                       f"(img2dataset's parquet format) {_recipe_default('output.format')}")
+    group.add_argument("--retries", type=int, metavar="N",
+                       help=f"retries of a transient download failure {_recipe_default('download.retries')}")
+    group.add_argument("--timeout", type=float, metavar="S",
+                       help=f"read timeout in seconds {_recipe_default('download.read_timeout_s')}")
+    group.add_argument("--concurrency", type=int, metavar="N",
+                       help=f"download threads per worker {_recipe_default('download.concurrency')}")
     group.add_argument("--allow-private-addresses", dest="allow_private_addresses", nargs="*", metavar="CIDR",
-                       help="let the downloader reach these private/loopback networks (no CIDR: all of them). "
-                       "Off by default: URLs come from the web and must not reach your own network")
-    group.add_argument("--languages", help="comma-separated language allow-list, e.g. zh for a Chinese subset "
-                       "(rules.text.languages; labels as the language model writes them: en, zh, ja, de ...)")
+                       help="let the downloader reach these private/loopback networks, e.g. 127.0.0.1/32 (no CIDR: "
+                       "all of them). Default: none, since URLs come from the web and must not reach your own network")
+    group.add_argument("--languages", metavar="CODES",
+                       help="comma-separated language allow-list, e.g. zh for a Chinese subset "
+                       "(rules.text.languages; labels as the language model writes them: en, zh, ja, de ...) "
+                       "(default: the recipe's; every language in the default recipe)")
     group.add_argument("--split-by-language", dest="split_by_language", action="store_true", default=None,
-                       help="one output tree per language bucket: OUTPUT/lang=en/00000.tar ... (language.buckets)")
+                       help="one output tree per language bucket: OUTPUT/lang=en/00000.tar ... (language.buckets) "
+                       "(default: the recipe's; off in the default recipe)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -148,56 +189,135 @@ def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str]
     return write_reports(config, output, metrics, started)
 
 
-def _print_summary(output: str) -> None:
+def _print_summary(output: str, stats: dict | None = None, config: Config | None = None,
+                   inputs: list[str] | None = None, retry_hint: bool = True) -> None:
+    """The run's summary, then where the output is and what to do with it (with a hint when most fetches
+    were refused as private addresses: the flag that allows them)."""
     import fsspec
 
     from altsieve.core import fsutil
+    from altsieve.pipeline.report import next_steps
 
     with fsspec.open(fsutil.join(output, "summary.txt"), "rt", encoding="utf-8") as handle:
         print(handle.read(), end="")
+    if stats is not None and config is not None:
+        print("\n".join(next_steps(output, stats, config, inputs, retry_hint)))
+
+
+DESCRIPTION = ("altsieve: noisy web image/alt-text pairs -> clean training shards (webdataset tars + Parquet), "
+               "with a reason code for every pair it drops. Each pass is an Apache Beam pipeline.")
+BEAM_NOTE = """\
+Any other flag goes to Apache Beam unchanged: --runner (default: the DirectRunner), --direct_num_workers,
+--direct_running_mode, --project, --region, --temp_location ...; one that Beam does not know either is an error."""
+
+EXAMPLES = {
+    "altsieve": """\
+examples:
+  altsieve demo                                       the noisy test corpus, served on 127.0.0.1 and curated
+  altsieve run urls.parquet -o out/                   ingest, select and reshard with the default recipe
+  altsieve run urls.parquet -o out/ --recipe laion400m --image-size 384 --resize-mode center_crop
+  altsieve run urls.parquet -o out/ --retry-failed    fetch again only the transient failures
+  altsieve audit out/ --report audit/                 noise report: report.html + audit.json
+  altsieve recipes                                    the built-in recipes""",
+    "run": """\
+examples:
+  altsieve run urls.parquet -o out/
+  altsieve run 'lists/*.csv.gz' -o out/ --url-col URL --caption-col TEXT --save-additional-columns license
+  altsieve run urls.parquet -o out/ --recipe datacomp-basic --output-format parquet
+  altsieve run urls.parquet -o out/ --direct_running_mode multi_processing --direct_num_workers 2
+  altsieve run 'gs://bucket/lists/*.parquet' -o gs://bucket/out --runner DataflowRunner --project P --region R
+  altsieve run crawl/*.warc.gz -o out/                WARC/WAT inputs are extracted first""",
+    "ingest": """\
+examples:
+  altsieve ingest urls.parquet -o out/ && altsieve select -o out/ && altsieve reshard -o out/
+  altsieve ingest urls.parquet -o out/ --retry-failed""",
+    "extract": """\
+examples:
+  altsieve extract CC-MAIN-2024-22/warc.paths.gz --limit 10 -o pairs/
+  altsieve extract 'crawl/*.warc.gz' -o pairs/ --surrounding-text""",
+    "select": "example:\n  altsieve select -o out/          after `altsieve ingest ... -o out/`",
+    "reshard": "example:\n  altsieve reshard -o out/         after `altsieve select -o out/`",
+    "recipes": "examples:\n  altsieve recipes\n"
+               "  altsieve recipes laion400m > mine.yaml   then edit it and pass --recipe mine.yaml",
+    "demo": "examples:\n  altsieve demo\n  altsieve demo --pairs 2000 --output big-demo/",
+    "serve-testcorpus": "example:\n  altsieve serve-testcorpus --pairs 100000 --port 8000 --input corpus.parquet",
+    "audit": """\
+examples:
+  altsieve audit out/ --report audit/                an altsieve output
+  altsieve audit i2d-out/ --report audit/            an img2dataset output
+  altsieve audit urls.parquet --report audit/ --url-col URL --caption-col TEXT""",
+}
+
+
+def _command(commands: Any, name: str, helptext: str, beam: bool = True) -> argparse.ArgumentParser:
+    epilog = EXAMPLES[name] + ("\n\n" + BEAM_NOTE if beam else "")
+    return commands.add_parser(name, help=helptext, description=helptext, epilog=epilog, allow_abbrev=False,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_output(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--output", "-o", required=True, metavar="FOLDER",
+                        help="the output folder, local or any fsspec URL (required)")
+
+
+def _print_next_pass(output: str, command: str) -> None:
+    from altsieve.pipeline.report import display_path
+
+    print(f"output: {display_path(output)}\nnext: altsieve {command} -o {display_path(output)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="altsieve", description=__doc__.split("\n")[0], allow_abbrev=False)
-    parser.add_argument("--version", action="version", version=f"altsieve {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's own log")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="altsieve", description=DESCRIPTION, allow_abbrev=False,
+                                     epilog=EXAMPLES["altsieve"] + "\n\n" + BEAM_NOTE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"altsieve {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's own log (default: off)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for name, helptext in [("run", "ingest, select and reshard in one go"), ("ingest", "pass 1 alone")]:
-        command = commands.add_parser(name, help=helptext, allow_abbrev=False)
-        command.add_argument("inputs", nargs="+", help="files, folders or globs (local or fsspec URLs)")
-        command.add_argument("--output", "-o", required=True)
+    for name, helptext in [("run", "ingest, select and reshard in one go, then the reports"),
+                           ("ingest", "pass 1 alone: fetch, decode and apply the per-pair rules")]:
+        command = _command(commands, name, helptext)
+        command.add_argument("inputs", nargs="+", help="URL lists (Parquet, CSV, TSV, JSONL, plain or .gz) or crawl "
+                             "files: files, folders or globs, local or fsspec URLs")
+        _add_output(command)
         command.add_argument("--retry-failed", action="store_true",
-                             help="fetch again the pairs that failed for a transient reason (timeouts, 5xx, 429)")
+                             help="fetch again the pairs that failed for a transient reason (timeouts, 5xx, 429) "
+                             "(default: off)")
         _add_config_flags(command)
         _add_crawl_flags(command)
-    extract = commands.add_parser("extract", allow_abbrev=False,
-                                  help="crawl files (WARC, WAT, *.paths.gz listings) -> Parquet URL lists")
+    extract = _command(commands, "extract", "crawl files (WARC, WAT, *.paths.gz listings) -> Parquet URL lists")
     extract.add_argument("inputs", nargs="+", help="WARC/WAT files, folders, globs or Common Crawl paths listings")
-    extract.add_argument("--output", "-o", required=True)
+    _add_output(extract)
     _add_crawl_flags(extract)
-    for name, helptext in [("select", "pass 2 alone (metadata only)"), ("reshard", "pass 3 alone")]:
-        command = commands.add_parser(name, help=helptext, allow_abbrev=False)
-        command.add_argument("--output", "-o", required=True)
-    commands.add_parser("recipes", help="list the built-in recipes").add_argument("name", nargs="?",
-                                                                                 help="show one recipe in full")
-    demo = commands.add_parser("demo", help="serve the noisy test corpus on loopback and curate it end to end")
-    demo.add_argument("--output", "-o", default="altsieve-demo")
-    demo.add_argument("--pairs", type=int, default=100)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--recipe", default="demo", help="default: demo (the default recipe + the tiny test CLIP)")
-    serve = commands.add_parser("serve-testcorpus", help="serve the noisy test corpus alone")
-    serve.add_argument("--pairs", type=int, default=100)
-    serve.add_argument("--seed", type=int, default=0)
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--input", default="testcorpus.parquet", help="where to write the URL list (and truth)")
-    audit = commands.add_parser("audit", help="noise statistics of a corpus: one HTML report plus JSON",
-                                allow_abbrev=False)
+    for name, helptext in [("select", "pass 2 alone: the corpus-wide rules and deduplication (metadata only)"),
+                           ("reshard", "pass 3 alone: the final shards, then the reports")]:
+        _add_output(_command(commands, name, helptext))
+    recipes = _command(commands, "recipes", "list the built-in recipes, or print one in full", beam=False)
+    recipes.add_argument("name", nargs="?", help="the recipe to print as YAML (default: list them all)")
+    demo = _command(commands, "demo", "serve the noisy test corpus on 127.0.0.1 and curate it end to end")
+    demo.add_argument("--output", "-o", default="altsieve-demo", metavar="FOLDER",
+                      help="folder for input.parquet, truth.parquet and dataset/ (default: altsieve-demo)")
+    demo.add_argument("--pairs", type=int, default=100, metavar="N", help="pairs in the corpus (default: 100)")
+    demo.add_argument("--seed", type=int, default=0, help="the corpus's random seed (default: 0)")
+    demo.add_argument("--recipe", default="demo",
+                      help="recipe name or YAML path (default: demo, the default recipe + the tiny test CLIP)")
+    serve = _command(commands, "serve-testcorpus", "serve the noisy test corpus alone (for benchmarks)", beam=False)
+    serve.add_argument("--pairs", type=int, default=100, metavar="N", help="pairs in the corpus (default: 100)")
+    serve.add_argument("--seed", type=int, default=0, help="the corpus's random seed (default: 0)")
+    serve.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default: 8000)")
+    serve.add_argument("--input", default="testcorpus.parquet", metavar="PATH",
+                       help="where to write the URL list (format from its name; truth.parquet beside it) "
+                       "(default: testcorpus.parquet)")
+    audit = _command(commands, "audit", "noise statistics of a corpus: one HTML report plus JSON", beam=False)
     audit.add_argument("path", help="an altsieve output, an img2dataset output, or Parquet with url and caption")
-    audit.add_argument("--report", required=True, help="folder for report.html and audit.json")
-    audit.add_argument("--samples", type=int, default=6, help="pairs shown per drop reason (default: 6)")
-    audit.add_argument("--url-col", dest="url_col", default="url", help="url column of bare Parquet")
-    audit.add_argument("--caption-col", dest="caption_col", default="caption", help="caption column of bare Parquet")
+    audit.add_argument("--report", required=True, metavar="FOLDER",
+                       help="folder for report.html and audit.json (required)")
+    audit.add_argument("--samples", type=int, default=6, metavar="N", help="pairs shown per drop reason (default: 6)")
+    audit.add_argument("--url-col", dest="url_col", default="url", metavar="NAME",
+                       help="url column of bare Parquet (default: url)")
+    audit.add_argument("--caption-col", dest="caption_col", default="caption", metavar="NAME",
+                       help="caption column of bare Parquet (default: caption)")
     return parser
 
 
@@ -242,18 +362,21 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
     if args.command == "demo":
         from altsieve.pipeline.demo import run_demo
 
-        run_demo(args.output, args.pairs, args.seed, args.recipe, beam_args)
-        _print_summary(fsutil.join(args.output, "dataset"))
+        stats = run_demo(args.output, args.pairs, args.seed, args.recipe, beam_args)
+        dataset = fsutil.join(args.output, "dataset")
+        # The demo's transient failures are planted, and its server is gone: no retry advice.
+        _print_summary(dataset, stats, _output_config(dataset), retry_hint=False)
         return 0
     if args.command in ("run", "ingest"):
         config = config_from_args(args)
         if args.command == "run":
-            run_all(config, args.inputs, args.output, beam_args, args.retry_failed, _crawl_inputs(args))
-            _print_summary(args.output)
+            stats = run_all(config, args.inputs, args.output, beam_args, args.retry_failed, _crawl_inputs(args))
+            _print_summary(args.output, stats, _output_config(args.output), args.inputs)
         else:
             from altsieve.pipeline.ingest import run_ingest
 
             run_ingest(config, args.inputs, args.output, beam_args, args.retry_failed, _crawl_inputs(args))
+            _print_next_pass(args.output, "select")
         return 0
     if args.command == "extract":
         return _extract(args, beam_args)
@@ -262,14 +385,15 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
         from altsieve.pipeline.select import run_select
 
         run_select(config, args.output, beam_args)
+        _print_next_pass(args.output, "reshard")
     else:
         from altsieve.pipeline.report import write_reports
         from altsieve.pipeline.reshard import run_reshard
 
         started = time.time()
         metrics = run_reshard(config, args.output, beam_args)
-        write_reports(config, args.output, metrics, started)
-        _print_summary(args.output)
+        stats = write_reports(config, args.output, metrics, started)
+        _print_summary(args.output, stats, config)
     return 0
 
 
@@ -277,13 +401,16 @@ def _add_crawl_flags(parser: argparse.ArgumentParser) -> None:
     from altsieve.transforms.crawl import DEFAULT_CC_BASE_URL
 
     group = parser.add_argument_group("crawl inputs (WARC, WAT, *.paths.gz listings)")
-    group.add_argument("--limit", type=int, help="read at most this many crawl files (a listing's first ones)")
-    group.add_argument("--cc-base-url", dest="cc_base_url", default=DEFAULT_CC_BASE_URL,
-                       help=f"what a listing's relative paths are resolved against (default {DEFAULT_CC_BASE_URL})")
+    group.add_argument("--limit", type=int, metavar="N",
+                       help="read at most this many crawl files, a listing's first ones (default: all)")
+    group.add_argument("--cc-base-url", dest="cc_base_url", default=DEFAULT_CC_BASE_URL, metavar="URL",
+                       help=f"what a listing's relative paths are resolved against (default: {DEFAULT_CC_BASE_URL})")
     group.add_argument("--surrounding-text", dest="surrounding_text", action="store_true",
-                       help="also keep the text around each image (WARC only)")
-    group.add_argument("--keep-svg", dest="keep_svg", action="store_true", help="keep .svg images (skipped by default)")
-    group.add_argument("--crawl-id", dest="crawl_id", help="crawl id to record when neither warcinfo nor path says")
+                       help="also keep the text around each image, WARC only (default: off)")
+    group.add_argument("--keep-svg", dest="keep_svg", action="store_true",
+                       help="keep .svg images (default: off, they are skipped)")
+    group.add_argument("--crawl-id", dest="crawl_id", metavar="ID",
+                       help="crawl id to record when neither warcinfo nor path says (default: none)")
 
 
 def _crawl_inputs(args: argparse.Namespace) -> Any:

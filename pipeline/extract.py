@@ -17,9 +17,10 @@ import apache_beam as beam
 
 from altsieve.core import fsutil, reasons
 from altsieve.core.config import Config, ConfigError
-from altsieve.pipeline.beam_run import run_pipeline
+from altsieve.pipeline.beam_run import Progress, run_pipeline
 from altsieve.transforms import crawl
 from altsieve.transforms.crawl import CrawlFile, ExtractCrawlPairs, ExtractOptions
+from altsieve.transforms.progress import ProgressWriter
 
 STATS_NAME = "extract_stats.json"
 EXTRACTED_DIR = "_extracted"
@@ -28,7 +29,7 @@ VOLUME_COUNTERS = (crawl.FILES, crawl.FILES_FAILED, crawl.RECORDS, crawl.RECORDS
 
 
 def build_extract(pipeline: beam.Pipeline, files: list[CrawlFile], output: str, options: ExtractOptions) -> None:
-    _ = pipeline | "ExtractCrawlPairs" >> ExtractCrawlPairs(files, output, options)
+    _ = pipeline | "ExtractCrawlPairs" >> ExtractCrawlPairs(files, output, options, ProgressWriter(output, "extract"))
 
 
 def extract_stats(metrics: dict[str, Any], files: list[CrawlFile], options: ExtractOptions, elapsed_s: float) -> dict:
@@ -58,7 +59,10 @@ def run_extract(files: list[CrawlFile], output: str, options: ExtractOptions, be
     fsutil.makedirs(output)
     _remove_previous(output)
     started = time.time()
-    metrics = run_pipeline(lambda p: build_extract(p, files, output, options), beam_args)
+    # The bar counts crawl files (their pair count is unknown until read); the pairs found so far beside it.
+    with Progress("extract", output, "extract", total=len(files), unit="files", field="done",
+                  postfix=lambda counts: f"{counts.get('pairs', 0)} pairs found"):
+        metrics = run_pipeline(lambda p: build_extract(p, files, output, options), beam_args)
     stats = extract_stats(metrics, files, options, time.time() - started)
     # Written last: its presence says the Parquet files beside it are complete.
     fsutil.write_json(fsutil.join(output, STATS_NAME), stats)

@@ -6,7 +6,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from altsieve.core import fsutil, layout
+from altsieve.core import fsutil, layout, reasons
 from altsieve.core.config import Config, ConfigError, config_to_yaml
 from altsieve.pipeline.beam_run import Progress, run_pipeline
 from altsieve.pipeline.extract import CrawlInputs, prepare_crawl_inputs
@@ -14,6 +14,7 @@ from altsieve.transforms.clip import ClipScore, model_identity, record_model_ide
 from altsieve.transforms.decode import Decode
 from altsieve.transforms.download import Download
 from altsieve.transforms.language import LanguageTag
+from altsieve.transforms.progress import CountRecords
 from altsieve.transforms.read_inputs import InputFile, ReadPartitions, iter_rows, list_input_files, sniff_input
 from altsieve.transforms.text_rules import CaptionRules, TextRules
 from altsieve.transforms.write_shards import WriteShards
@@ -45,6 +46,8 @@ def build_ingest(
     embeddings = None
     if clip_identity is not None and config.clip.save_embeddings:
         embeddings = (int(clip_identity["embed_dim"]), str(clip_identity["weights_sha256"]))
+    # The launcher's progress bar counts the pairs that reach the writer, per partition (transforms/progress.py).
+    records = records | "Progress" >> CountRecords(output, "ingest")
     _ = records | "WriteShards" >> WriteShards(
         output, source.save_additional_columns, config.image.encode_format, embeddings
     )
@@ -97,17 +100,29 @@ def run_ingest(
     fsutil.write_json(layout.meta(output, "inputs.json"), [{"index": f.index, "path": f.path} for f in files])
     fsutil.makedirs(fsutil.join(output, layout.CANDIDATES_DIR))
     layout.remove_stale_temporaries(output)  # a killed run's unfinished writes
-    # Progress counts markers; the total is unknown until the inputs are read, so it grows with them.
-    with Progress(
-        "ingest", total=_estimate_partitions(files, config), count_done=lambda: len(layout.done_partitions(output)),
-        unit_per_item=config.input.rows_per_partition,
-    ):
+    with Progress("ingest", output, "ingest", total=_pairs_to_process(files, config, output, retry_failed)):
         metrics = run_pipeline(lambda p: build_ingest(p, config, files, output, retry_failed, clip_identity), beam_args)
     fsutil.write_json(layout.meta(output, "ingest_done.json"), {"partitions": layout.done_partitions(output)})
     return metrics
 
 
-def _estimate_partitions(files: list[InputFile], config: Config) -> int:
+def _pairs_to_process(files: list[InputFile], config: Config, output: str, retry_failed: bool) -> int | None:
+    """What this run will push through the pipeline, for the progress bar's total and ETA: the input rows
+    less the partitions a previous run finished (whole partitions, so exact but for each file's last one),
+    plus, with --retry-failed, the transient failures the previous run's stats.json counted."""
+    rows = _count_rows(files, config)
+    done = len(layout.done_partitions(output))
+    remaining = max(rows - done * config.input.rows_per_partition, 0)
+    if retry_failed:
+        stats_path = fsutil.join(output, "stats.json")
+        if not fsutil.exists(stats_path):
+            return None
+        counted = fsutil.read_json(stats_path).get("reasons", {})
+        remaining += sum(count for reason, count in counted.items() if reason in reasons.TRANSIENT)
+    return remaining
+
+
+def _count_rows(files: list[InputFile], config: Config) -> int:
     """Exact for Parquet (row counts are in the footer); for text inputs, one pass over the lines."""
     import fsspec
     import pyarrow.parquet as pq
@@ -122,5 +137,5 @@ def _estimate_partitions(files: list[InputFile], config: Config) -> int:
         else:
             with fsspec.open(source.path, "rb", compression="infer") as handle:
                 rows = max(sum(1 for _ in handle) - (1 if source.fmt in ("csv", "tsv") else 0), 0)
-        total += -(-rows // config.input.rows_per_partition)
+        total += rows
     return total

@@ -6,7 +6,9 @@ hold for any corpus size and agree with what the shards contain.
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 import time
 from collections import Counter
 from importlib import metadata
@@ -153,3 +155,82 @@ def summary_text(output: str, stats: dict[str, Any], config: Config) -> str:
     if stats.get("buckets"):
         lines.append("by language bucket: " + ", ".join(f"lang={b}/ {n}" for b, n in stats["buckets"].items()))
     return "\n".join(lines) + "\n"
+
+
+def display_path(path: str) -> str:
+    """A local path made absolute (so that it can be pasted anywhere); a URL as it is."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+_BLOCKED = re.compile(r"blocked address: (?P<address>\S+) is (?P<kind>.+)$")
+
+
+def blocked_addresses(output: str) -> Counter[tuple[str, str]]:
+    """(address, kind) -> pairs refused for it (``download_blocked_address``), from the candidate Parquet."""
+    found: Counter[tuple[str, str]] = Counter()
+    partitions = fsutil.read_json(layout.meta(output, "select_done.json"))["partitions"]
+    for pid in partitions:
+        with fsspec.open(layout.candidate_prefix(output, pid) + ".parquet", "rb") as handle:
+            table = pq.read_table(handle, columns=["reason", "error_message"],
+                                  filters=[("reason", "==", reasons.DOWNLOAD_BLOCKED_ADDRESS)])
+        for message in table["error_message"].to_pylist():
+            match = _BLOCKED.search(message or "")
+            if match:
+                found[(match["address"], match["kind"])] += 1
+    return found
+
+
+def _fetch_attempts(stats: dict[str, Any]) -> int:
+    """Pairs that reached the downloader: those entering the funnel stage the download reasons belong to."""
+    stages = stats["funnel"]["stages"]
+    for before, stage in zip(stages, stages[1:], strict=False):
+        if any(r["reason"] == reasons.DOWNLOAD_BLOCKED_ADDRESS for r in stage["reasons"]):
+            return int(before["remaining"])
+    return 0
+
+
+def blocked_hint(output: str, stats: dict[str, Any]) -> list[str]:
+    """When most fetches were refused as private or loopback addresses: the flag that allows them, on purpose."""
+    blocked = int(stats["reasons"].get(reasons.DOWNLOAD_BLOCKED_ADDRESS, 0))
+    attempts = _fetch_attempts(stats)
+    if not blocked or blocked * 2 < attempts:  # a few blocked hosts are normal in web data; most are a setup matter
+        return []
+    addresses = blocked_addresses(output)
+    ordered = [address for (address, _), _ in addresses.most_common()]
+    networks = list(dict.fromkeys(f"{a}/{'128' if ':' in a else '32'}" for a in ordered))
+    kinds = sorted({kind for _, kind in addresses})
+    shown = " ".join(networks[:3]) + (" ..." if len(networks) > 3 else "")
+    return [
+        f"note: {blocked} of {attempts} fetches were refused: their hosts resolve to {', '.join(kinds) or 'private'} "
+        f"addresses ({', '.join(ordered[:3])}), which the downloader never reaches by default.",
+        f"      If you mean to fetch from them (a server on this machine or your network), run again into a new "
+        f"--output folder (finished partitions are never fetched again) with --allow-private-addresses {shown}",
+    ]
+
+
+def next_steps(output: str, stats: dict[str, Any], config: Config, inputs: list[str] | None = None,
+               retry_hint: bool = True) -> list[str]:
+    """What to do with the output: where it is, the audit, what a trainer and a loader take, retries."""
+    where = display_path(output)
+    lines = ["", f"output: {where}", "next:"]
+    lines.append(f"  altsieve audit {where} --report {where.rstrip('/')}-audit     # noise report (HTML + JSON)")
+    trees = [""] + [f"{layout.BUCKET_DIR_PREFIX}{b}/" for b in layout.final_buckets(output)]
+    for tree in trees:
+        shards = final_shards(output, tree.removeprefix(layout.BUCKET_DIR_PREFIX).rstrip("/") or None)
+        if not shards:
+            continue
+        folder = fsutil.join(where, tree) if tree else where
+        if config.output.format == "webdataset":
+            pattern = f"{folder.rstrip('/')}/{{{shards[0]:05d}..{shards[-1]:05d}}}.tar"
+            lines.append(f"  train: --train-data '{pattern}'   # open_clip: sizes.json gives the sample count")
+        else:
+            lines.append(f"  shards: {folder.rstrip('/')}/{{{shards[0]:05d}..{shards[-1]:05d}}}.parquet "
+                         f"(image bytes in the {config.image.encode_format} column)")
+    if stats["output_samples"]:
+        lines.append(f"  load: datasets.load_dataset({where!r}, split='train')   # the dataset card README.md")
+    transient = sum(count for reason, count in stats["reasons"].items() if reason in reasons.TRANSIENT)
+    if transient and retry_hint:
+        given = " ".join(inputs) if inputs else "INPUTS"
+        lines.append(f"  retry: altsieve run {given} -o {where} --retry-failed   # {transient} pairs failed for a "
+                     "transient reason (timeouts, 5xx, 429)")
+    return lines + blocked_hint(output, stats)

@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 
 from altsieve.core import fsutil, layout
 from altsieve.core.config import Config, ConfigError, LanguageConfig, bucket_of
-from altsieve.pipeline.beam_run import run_pipeline
+from altsieve.pipeline.beam_run import Progress, run_pipeline
+from altsieve.transforms.progress import ProgressWriter
 from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
 
 Segment = tuple[str, int, int]  # partition_id, first and one-past-last index among its kept pairs
@@ -123,6 +124,7 @@ class _WriteFinalShard(beam.DoFn):
         self._language = language  # set when the output is split by language bucket
         self._output_format = output_format
         self._clip = clip_identity  # set when the run saved CLIP embeddings: they are exported per final shard
+        self._progress = ProgressWriter(output, "reshard")
 
     def setup(self) -> None:
         # A partition is scanned by every shard whose rows it holds (several, when shards are smaller than
@@ -147,6 +149,7 @@ class _WriteFinalShard(beam.DoFn):
         if fsutil.exists(stats_path):
             existing = fsutil.read_json(stats_path)
             if existing.get("plan") == plan:
+                self._progress.update(f"{bucket}-{shard:05d}", int(existing["successes"]), done=True)
                 yield shard, existing  # written by an earlier run from the same plan
                 return
         started = time.time()
@@ -166,6 +169,7 @@ class _WriteFinalShard(beam.DoFn):
         extra = {"shard": shard, "plan": plan, **({"bucket": bucket} if bucket else {})}
         outcomes = self._attributed_outcomes(bucket, task, wanted_by_partition)
         stats = write_shard(prefix, records, self._extra, self._format, started, extra, outcomes, self._output_format)
+        self._progress.update(f"{bucket}-{shard:05d}", len(records), done=True)
         yield shard, stats
 
     def _attributed_outcomes(self, bucket: str, task: ShardTask,
@@ -290,8 +294,17 @@ def run_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
     if config.clip.enabled and config.clip.save_embeddings:  # the final shards' embeddings, clip-retrieval's layout
         clip_identity = {k: v for k, v in fsutil.read_json(layout.meta(output, "clip_model.json")).items()
                          if k in ("model", "weights_sha256", "embed_dim")}
-    metrics = run_pipeline(lambda p: build_reshard(p, config, output, partitions, clip_identity), beam_args)
-    plan = fsutil.read_json(layout.meta(output, "reshard_plan.json"))["buckets"]
+    plan_path = layout.meta(output, "reshard_plan.json")
+    fs, resolved = fsutil.filesystem(plan_path)
+    if fs.exists(resolved):  # an earlier run's: the progress bar takes its total from this run's
+        fs.rm(resolved)
+
+    def total(_: dict[str, int]) -> int | None:
+        return int(fsutil.read_json(plan_path)["kept"]) if fsutil.exists(plan_path) else None
+
+    with Progress("reshard", output, "reshard", total=total):
+        metrics = run_pipeline(lambda p: build_reshard(p, config, output, partitions, clip_identity), beam_args)
+    plan = fsutil.read_json(plan_path)["buckets"]
     _remove_stale_shards(output, plan)
     for bucket in sorted(plan):
         write_shard_indexes(output, bucket or None, config.output.format)

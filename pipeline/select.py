@@ -21,7 +21,8 @@ from altsieve.dedup.rules import dedup_rules
 from altsieve.filters.clip import ClipTopFraction
 from altsieve.filters.corpus import CorpusRule
 from altsieve.filters.corpus_text import corpus_text_rules
-from altsieve.pipeline.beam_run import run_pipeline
+from altsieve.pipeline.beam_run import Progress, run_pipeline
+from altsieve.transforms.progress import ProgressWriter
 
 DECISION_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string()), ("duplicate_of", pa.string())])
 # Always read: what the select pass itself needs to route rows and decisions.
@@ -63,7 +64,7 @@ def _passing_rows(output: str, partition_id: str, columns: list[str]) -> list[di
     return [row for row in rows if row["reason"] is None]
 
 
-def _write_decisions(output: str, element: tuple[str, Any]) -> str:
+def _write_decisions(output: str, element: tuple[str, Any], writer: ProgressWriter | None = None) -> str:
     partition_id, grouped = element
     decisions = sorted(item for item in grouped if item is not None)
     table = pa.table(
@@ -75,7 +76,15 @@ def _write_decisions(output: str, element: tuple[str, Any]) -> str:
         schema=DECISION_SCHEMA,
     )
     fsutil.write_atomic(layout.decision_path(output, partition_id), lambda handle: pq.write_table(table, handle))
+    if writer is not None:
+        writer.update(partition_id, len(decisions), done=True, read=len(decisions))
     return partition_id
+
+
+def _read_passing(output: str, partition_id: str, columns: list[str], writer: ProgressWriter) -> list[dict[str, Any]]:
+    rows = _passing_rows(output, partition_id, columns)
+    writer.update(partition_id, 0, done=False, read=len(rows))
+    return rows
 
 
 def _survivors(rows: beam.PCollection, drops: beam.PCollection, label: str) -> beam.PCollection:
@@ -100,7 +109,8 @@ def build_select(pipeline: beam.Pipeline, config: Config, output: str, partition
     rules = corpus_rules(config, output)
     columns = list(dict.fromkeys([*BASE_COLUMNS, *(c for _, rule in rules for c in rule.columns)]))
     partition_ids = pipeline | "Partitions" >> beam.Create(partitions) | "Spread" >> beam.Reshuffle()
-    rows = partition_ids | "ReadMetadata" >> beam.FlatMap(lambda pid: _passing_rows(output, pid, columns))
+    writer = ProgressWriter(output, "select")  # the launcher's bar: pairs read, then pairs decided
+    rows = partition_ids | "ReadMetadata" >> beam.FlatMap(lambda pid: _read_passing(output, pid, columns, writer))
     all_drops = []
     for index, (name, rule) in enumerate(rules):
         drops = rows | name >> rule
@@ -118,7 +128,7 @@ def build_select(pipeline: beam.Pipeline, config: Config, output: str, partition
         decisions
         | "Merge" >> beam.Flatten()
         | "GroupByPartition" >> beam.GroupByKey()
-        | "WriteDecisions" >> beam.Map(lambda element: _write_decisions(output, element))
+        | "WriteDecisions" >> beam.Map(lambda element: _write_decisions(output, element, writer))
     )
 
 
@@ -131,6 +141,12 @@ def ingested_partitions(output: str) -> list[str]:
 
 def run_select(config: Config, output: str, beam_args: list[str]) -> dict:
     partitions = ingested_partitions(output)
-    metrics = run_pipeline(lambda p: build_select(p, config, output, partitions), beam_args)
+
+    def total(counts: dict[str, int]) -> int | None:  # known once every partition's metadata is read
+        return counts.get("read", 0) if counts["items"] >= len(partitions) else None
+
+    with Progress("select", output, "select", total=total,
+                  postfix=lambda counts: f"read {counts.get('read', 0)}, decided {counts.get('pairs', 0)}"):
+        metrics = run_pipeline(lambda p: build_select(p, config, output, partitions), beam_args)
     fsutil.write_json(layout.meta(output, "select_done.json"), {"partitions": partitions})
     return metrics

@@ -57,6 +57,7 @@ from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from selectolax.lexbor import LexborHTMLParser
 
 from altsieve.core import fsutil, reasons
+from altsieve.transforms.progress import ProgressWriter
 from altsieve.transforms.read_inputs import InputError
 
 log = logging.getLogger("altsieve")
@@ -621,17 +622,22 @@ def extracted_file_name(file_index: int, chunk: int) -> str:
 class _ExtractFile(beam.DoFn):
     """One crawl file -> ``(dedup key, (file index, record offset, ordinal, row))`` per pair."""
 
-    def __init__(self, options: ExtractOptions) -> None:
+    def __init__(self, options: ExtractOptions, progress: ProgressWriter | None = None) -> None:
         self._options = options
+        self._progress = progress  # the launcher's progress bar: pairs found per file, and files done
 
     def process(self, source: CrawlFile):
         counts: Counter = Counter()
-        previous_offset, ordinal = -1, 0
+        previous_offset, ordinal, found = -1, 0, 0
+        item = f"{source.index:05d}"
         try:
             for row in iter_crawl_pairs(source, counts, self._options):
                 offset = row["record_offset"]
                 ordinal = ordinal + 1 if offset == previous_offset else 0
                 previous_offset = offset
+                found += 1
+                if self._progress is not None:
+                    self._progress.update(item, found)
                 yield dedup_key(row["url"], row["caption"]), (source.index, offset, ordinal, row)
         except (OSError, EOFError) as err:  # the file itself cannot be opened or read from its start
             counts[FILES_FAILED] += 1
@@ -639,6 +645,8 @@ class _ExtractFile(beam.DoFn):
         finally:
             for name, value in counts.items():
                 Metrics.counter(METRICS_NAMESPACE, name).inc(value)
+            if self._progress is not None:
+                self._progress.update(item, found, done=True)
 
 
 class _KeepFirst(beam.CombineFn):
@@ -695,9 +703,11 @@ def write_pairs_parquet(path: str, rows: list[dict[str, Any]], options: ExtractO
 class ExtractCrawlPairs(beam.PTransform):
     """Crawl files -> deduplicated Parquet URL lists in ``output``; yields the paths written."""
 
-    def __init__(self, files: list[CrawlFile], output: str, options: ExtractOptions) -> None:
+    def __init__(self, files: list[CrawlFile], output: str, options: ExtractOptions,
+                 progress: ProgressWriter | None = None) -> None:
         super().__init__()
         self._files, self._output, self._options = files, output, options
+        self._progress = progress
 
     def expand(self, pipeline: beam.pvalue.PBegin) -> beam.PCollection:
         return (
@@ -705,7 +715,7 @@ class ExtractCrawlPairs(beam.PTransform):
             | "CrawlFiles" >> beam.Create(self._files)
             # One file per worker at a time: without the shuffle a runner may read them all in one place.
             | "Spread" >> beam.Reshuffle()
-            | "Extract" >> beam.ParDo(_ExtractFile(self._options))
+            | "Extract" >> beam.ParDo(_ExtractFile(self._options, self._progress))
             | "DedupUrlAlt" >> beam.CombinePerKey(_KeepFirst())
             | "ByChunk" >> beam.FlatMap(_to_chunk)
             | "GroupChunk" >> beam.GroupByKey()

@@ -30,6 +30,11 @@ def decision_path(output: str, partition_id: str) -> str:
     return fsutil.join(output, DECISIONS_DIR, f"{partition_id}.parquet")
 
 
+def progress_dir(output: str, pass_name: str) -> str:
+    """Where a pass's workers write their counts for the launcher's progress bar (removed when the pass ends)."""
+    return meta(output, f"progress/{pass_name}")
+
+
 # One output tree per language bucket (output.split_by_language): OUTPUT/lang=en/00000.tar ... The
 # hive-style name lets pyarrow/duckdb datasets read the bucket as a column.
 BUCKET_DIR_PREFIX = "lang="

@@ -1,0 +1,289 @@
+"""Other people's tools read the demo's output with no glue, and the CLI guides a new user.
+
+Each client here is the real package, installed in the test environment: Hugging Face ``datasets``
+(the tars, and the output folder by name), ``webdataset``, ``wids``, open_clip's trainer
+(``open_clip_train``), ``embedding-reader`` (autofaiss's reader: autofaiss itself requires
+numpy < 2) with faiss on clip-retrieval's layout, and img2dataset's own stats logger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from altsieve.core import layout, reasons
+from altsieve.core.config import ConfigError, load_config
+from altsieve.pipeline import cli
+from altsieve.pipeline.demo import demo_config, run_demo
+from altsieve.pipeline.report import next_steps, write_reports
+from altsieve.pipeline.reshard import run_reshard
+from altsieve.testcorpus.generator import generate_corpus
+from altsieve.testcorpus.server import CorpusServer
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[Path, dict]:
+    """`altsieve demo`'s run: the demo recipe (CLIP with the tiny test model, so embeddings too)."""
+    folder = tmp_path_factory.mktemp("demo")
+    stats = run_demo(str(folder), 100, 0, "demo", [])
+    return folder / "dataset", stats
+
+
+def final_keys(dataset: Path) -> list[str]:
+    keys = []
+    for path in sorted(dataset.glob("[0-9]*.tar")):
+        with tarfile.open(path) as tar:
+            keys += [m.name.rsplit(".", 1)[0] for m in tar.getmembers() if m.name.endswith(".json")]
+    return keys
+
+
+def sidecars(dataset: Path) -> list[dict]:
+    found = []
+    for path in sorted(dataset.glob("[0-9]*.tar")):
+        with tarfile.open(path) as tar:
+            found += [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+    return found
+
+
+def test_every_sidecar_field_has_one_type_across_samples(demo) -> None:
+    dataset, stats = demo
+    samples = sidecars(dataset)
+    assert len(samples) == stats["output_samples"]
+    assert len({tuple(sample) for sample in samples}) == 1  # the same fields in every sample
+    for field in samples[0]:
+        kinds = {type(sample[field]).__name__ for sample in samples}
+        assert len(kinds) == 1, f"{field}: {kinds}"  # never null in one sample and a string in the next
+    # img2dataset's conventions: no EXIF is "{}", error_message null; carried input columns are strings
+    assert all(sample["exif"] == "{}" or sample["exif"].startswith("{") for sample in samples)
+    assert {type(sample["final_url"]) for sample in samples} == {str}
+    assert {type(sample["source_id"]) for sample in samples} == {str}
+
+
+def test_hugging_face_datasets_reads_the_tars_and_the_folder(demo, tmp_path) -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    dataset, stats = demo
+    tars = sorted(str(p) for p in dataset.glob("[0-9]*.tar"))
+    by_files = datasets.load_dataset("webdataset", data_files=tars, split="train", cache_dir=str(tmp_path / "a"))
+    assert by_files.num_rows == stats["output_samples"]
+    assert by_files.features["json"]["exif"].dtype == "string"
+    assert by_files.features["json"]["final_url"].dtype == "string"
+    by_name = datasets.load_dataset(str(dataset), split="train", cache_dir=str(tmp_path / "b"))
+    assert by_name.num_rows == stats["output_samples"]
+    assert by_name["__key__"] == final_keys(dataset)
+    first = by_name[0]
+    assert first["jpg"].size == (256, 256) and first["txt"] == first["json"]["caption"]
+    card = (dataset / layout.CARD_FILE).read_text()
+    assert "recipe `demo`" in card and f"| kept | {stats['funnel']['kept']} |" in card
+    assert all(cite in card for cite in load_config("demo").cites)
+
+
+def test_webdataset_wids_and_open_clip_read_the_shards_with_no_sample_count(demo, tmp_path) -> None:
+    import torch
+    import webdataset as wds
+    import wids
+    from open_clip_train.data import get_dataset_size, get_wds_dataset
+
+    dataset, stats = demo
+    tars = sorted(str(p) for p in dataset.glob("[0-9]*.tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False).decode("pil").to_tuple("__key__", "jpg", "json"))
+    assert [key for key, _, _ in samples] == final_keys(dataset)
+    indexed = wids.ShardListDataset(str(dataset / layout.WIDS_INDEX_FILE), cache_dir=str(tmp_path / "wids"))
+    assert len(indexed) == stats["output_samples"]
+    assert [indexed[i]["__key__"] for i in range(len(indexed))] == final_keys(dataset)
+    assert indexed[0][".jpg"].size == (256, 256)
+    pattern = f"{dataset}/{{00000..{len(tars) - 1:05d}}}.tar"
+    assert get_dataset_size(pattern) == (stats["output_samples"], len(tars))
+    # The trainer's own loader, without --train-num-samples: it takes the count from sizes.json (it raises
+    # "the number of dataset samples must be specified" without). Not iterated here: open_clip_train 3.3's
+    # group_by_keys_nothrow fails on the end-of-shard marker that webdataset 0.2.111 (img2dataset's pin) yields,
+    # for any tar; the webdataset pipeline above reads the samples.
+    args = argparse.Namespace(train_data=pattern, val_data=None, train_num_samples=None, dataset_resampled=False,
+                              train_data_upsampling_factors=None, seed=0, batch_size=8, world_size=1, workers=0)
+    info = get_wds_dataset(args, lambda image: torch.zeros(3, 8, 8), is_train=True,
+                           tokenizer=lambda text: torch.zeros(1, 4, dtype=torch.long))
+    assert info.dataloader.num_samples == -(-stats["output_samples"] // 8) * 8
+
+
+def test_embeddings_in_clip_retrieval_layout_build_a_faiss_index(demo) -> None:
+    import faiss
+    from embedding_reader import EmbeddingReader
+
+    from altsieve.transforms.clip import load_partition_embeddings
+
+    dataset, stats = demo
+    root = dataset / layout.EMBEDDINGS_DIR
+    assert sorted(p.name for p in root.iterdir()) == ["img_emb", "metadata", "text_emb"]
+    # autofaiss reads embeddings through embedding-reader: "parquet_npy" pairs img_emb/*.npy with metadata/*.parquet.
+    reader = EmbeddingReader(str(root / "img_emb"), file_format="parquet_npy", metadata_folder=str(root / "metadata"),
+                             meta_columns=["key", "image_path", "caption"])
+    assert reader.count == stats["output_samples"]
+    batches = list(reader(batch_size=1000, show_progress=False))
+    image = np.concatenate([emb for emb, _ in batches]).astype("float32")
+    keys = [k for _, meta in batches for k in meta["key"]]
+    assert keys == final_keys(dataset)  # final shards, final order: no pair later dropped as a duplicate
+    text = np.concatenate([np.load(p) for p in sorted((root / "text_emb").glob("*.npy"))]).astype("float32")
+    assert text.shape == image.shape
+    # The very vectors the ingest saved for those pairs.
+    candidate = {}
+    for pid in json.loads((dataset / "_altsieve" / "select_done.json").read_text())["partitions"]:
+        part_keys, part_image, _ = load_partition_embeddings(str(dataset), pid)
+        candidate.update(zip(part_keys.tolist(), part_image.astype("float32"), strict=True))
+    assert np.array_equal(image, np.stack([candidate[k] for k in keys]))
+    # An index as clip-retrieval builds one (inner product on L2-normalised vectors): each image finds itself.
+    index = faiss.IndexFlatIP(image.shape[1])
+    index.add(image)
+    scores, found = index.search(image, 1)
+    assert (scores[:, 0] > 0.99).all() and np.mean(found[:, 0] == np.arange(len(keys))) > 0.95
+    # ... and its captions find their images: the tiny model ranks the matching caption first for most pairs.
+    _, by_text = index.search(text, 5)
+    assert np.mean([i in row for i, row in enumerate(by_text)]) > 0.5
+
+
+def test_img2dataset_stats_logger_reads_the_final_shard_stats(demo, capsys) -> None:
+    from img2dataset.logger import CappedCounter, SpeedLogger
+
+    dataset, stats = demo
+    # img2dataset.logger.write_stats's keys
+    img2dataset_keys = {"count", "successes", "failed_to_download", "failed_to_resize", "duration", "start_time",
+                        "end_time", "status_dict"}
+    total, status = SpeedLogger("total", enable_wandb=False), CappedCounter()
+    for path in sorted(dataset.glob("[0-9]*_stats.json")):  # what img2dataset's LoggerProcess does per file
+        shard = json.loads(path.read_text())
+        assert img2dataset_keys <= set(shard)
+        assert shard["duration"] == pytest.approx(shard["end_time"] - shard["start_time"])
+        total(count=shard["count"], success=shard["successes"], failed_to_download=shard["failed_to_download"],
+              failed_to_resize=shard["failed_to_resize"], start_time=shard["start_time"], end_time=shard["end_time"])
+        status.update(CappedCounter.load(shard["status_dict"]))
+    total.sync()
+    assert "success: 0.670" in capsys.readouterr().out  # img2dataset's own line: 67 of 100 input pairs
+    # Every input row counted once, in img2dataset's statuses, as stats.json counts the reasons.
+    by_status = Counter()
+    for reason, count in stats["reasons"].items():
+        by_status[reasons.status_for(reason)] += count
+    assert (total.count, total.success) == (100, stats["output_samples"])
+    assert total.failed_to_download == by_status[reasons.STATUS_FAILED_TO_DOWNLOAD] > 0
+    assert total.failed_to_resize == by_status[reasons.STATUS_FAILED_TO_RESIZE] > 0
+    assert status.dump()["success"] == stats["output_samples"]
+    assert sum(status.dump().values()) == 100
+
+
+def test_parquet_output_format_carries_the_images(demo, tmp_path) -> None:
+    """output.format parquet: img2dataset's parquet output, image bytes beside the metadata; no tar."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    dataset, stats = demo
+    copy = tmp_path / "parquet"
+    for name in (layout.CANDIDATES_DIR, layout.DECISIONS_DIR, layout.META_DIR):
+        shutil.copytree(dataset / name, copy / name)
+    config = demo_config("demo", [{"output": {"format": "parquet"}}])
+    metrics = run_reshard(config, str(copy), [])
+    write_reports(config, str(copy), metrics, 0.0)
+    assert not list(copy.glob("*.tar")) and not (copy / layout.SIZES_FILE).exists()
+    rows = [r for p in sorted(copy.glob("[0-9]*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert [r["key"] for r in rows] == final_keys(dataset)
+    assert all(Image.open(io.BytesIO(r["jpg"])).size == (256, 256) for r in rows)
+    loaded = datasets.load_dataset(str(copy), split="train", cache_dir=str(tmp_path / "hf"))
+    assert loaded.num_rows == stats["output_samples"] and "jpg" in loaded.column_names
+
+
+def test_the_end_of_a_run_says_where_and_what_next(demo) -> None:
+    dataset, stats = demo
+    lines = "\n".join(next_steps(str(dataset), stats, demo_config("demo"), ["urls.parquet"]))
+    assert f"output: {dataset}" in lines and f"altsieve audit {dataset} --report" in lines
+    assert f"--train-data '{dataset}/{{00000..00002}}.tar'" in lines
+    assert "--retry-failed" in lines  # the demo has timeouts, 5xx and 429s
+    assert "--allow-private-addresses" not in lines  # one blocked redirect of 96 fetches is no setup matter
+
+
+def test_an_all_blocked_loopback_input_names_the_flag(tmp_path, capsys) -> None:
+    corpus = generate_corpus(n_pairs=8, seed=0, label_counts={})
+    with CorpusServer(corpus) as server:
+        corpus.write_input(str(tmp_path / "urls.parquet"), server.base_url)
+        code = cli.main(["run", str(tmp_path / "urls.parquet"), "-o", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "8 of 8 fetches were refused" in out and "loopback" in out
+    assert "--allow-private-addresses 127.0.0.1/32" in out
+    assert not (tmp_path / "out" / layout.META_DIR / "progress").exists()  # the progress files are gone
+
+
+def _actions(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {a.dest}", a, sub) for a in sub._actions)
+        else:
+            yield "altsieve " + action.dest, action, parser
+
+
+def test_every_flag_has_help_and_says_its_default() -> None:
+    parser = cli.build_parser()
+    checked = 0
+    for name, action, _ in _actions(parser):
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        assert action.help, f"{name} has no help text"
+        optional = bool(action.option_strings) and not action.required
+        if optional and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            assert "default" in action.help.lower(), f"{name}: help does not say its default"
+        checked += 1
+    assert checked > 60
+
+
+def test_help_ends_with_examples_and_the_beam_note(capsys) -> None:
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in [("altsieve", parser), *subparsers.choices.items()]:
+        text = sub.format_help()
+        assert "example" in text.split("options:")[-1], name
+        if name not in ("recipes", "audit", "serve-testcorpus"):
+            assert "goes to Apache Beam unchanged" in text, name
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    assert capsys.readouterr().out.rstrip().endswith("is an error.")
+
+
+def test_a_folder_named_like_a_recipe_never_shadows_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "default").write_text("not: a recipe\n")
+    assert load_config("demo").name == "demo" and load_config("default").name == "default"
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config("./demo")
+    (tmp_path / "mine.yaml").write_text("name: mine\nbase: default\n")
+    assert load_config("mine.yaml").name == "mine"
+    with pytest.raises(ConfigError, match="write ./mine"):
+        (tmp_path / "mine").write_text("name: mine\n")
+        load_config("mine")
+
+
+def test_progress_counts_pairs_per_partition_as_they_go(tmp_path) -> None:
+    """A one-partition run's bar moves with its pairs: the workers' counts, summed by the launcher."""
+    import apache_beam as beam
+
+    from altsieve.pipeline.beam_run import Progress
+    from altsieve.transforms.progress import CountRecords, ProgressReader
+
+    records = [{"key": f"{i:03d}", "partition_id": "p0", "partition_size": 40} for i in range(40)]
+    records += [{"key": f"{i:03d}", "partition_id": "p1", "partition_size": 3} for i in range(3)]
+    with Progress("test", str(tmp_path), "ingest", total=43) as progress:
+        with beam.Pipeline() as pipeline:
+            _ = pipeline | beam.Create(records) | CountRecords(str(tmp_path), "ingest")
+        totals = ProgressReader(str(tmp_path), "ingest").totals()
+        assert (totals["pairs"], totals["items"], totals["done"]) == (43, 2, 2)
+        progress._poll()
+        assert progress._bar.n == 43
+    assert not (tmp_path / layout.META_DIR).exists()  # nothing left behind
