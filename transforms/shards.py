@@ -4,7 +4,9 @@ The Parquet columns are a superset of img2dataset's (key, url, caption, status, 
 width, height, original_width, original_height, exif, sha256), so tools that read img2dataset
 output read ours unchanged. Additional input columns are stored as strings under their own names.
 The tar holds ``{key}.{jpg|webp|png}``, ``{key}.txt`` (the caption) and ``{key}.json`` (the row
-without bulky fields): what webdataset and open_clip's loader expect.
+without bulky fields, each field of one type in every sample): what webdataset, open_clip's loader
+and Hugging Face ``datasets`` expect. With ``output.format: parquet`` a final shard is the Parquet
+alone, the image bytes in a column named after the encode format (img2dataset's parquet format).
 """
 
 from __future__ import annotations
