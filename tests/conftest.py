@@ -5,9 +5,25 @@ from __future__ import annotations
 import pytest
 
 from altsieve.testcorpus.generator import TestCorpus, generate_corpus
+from altsieve.testcorpus.server import CorpusServer
 
 
 @pytest.fixture(scope="session")
 def corpus() -> TestCorpus:
     """The 100-pair noisy-web test corpus (every label at least once), fixed seed."""
     return generate_corpus(n_pairs=100, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_run(corpus, tmp_path_factory) -> tuple[str, dict]:
+    """The demo recipe (the default rules + the tiny test CLIP) on that corpus, as `altsieve demo` runs it:
+    (output folder, stats). Shared by the modules that only read it (copy it to change anything)."""
+    from altsieve.pipeline.cli import run_all
+    from altsieve.pipeline.demo import demo_config
+
+    folder = tmp_path_factory.mktemp("demo")
+    with CorpusServer(corpus) as server:
+        input_path = str(folder / "input.parquet")
+        corpus.write_input(input_path, server.base_url)
+        stats = run_all(demo_config("demo"), [input_path], str(folder / "out"), [])
+    return str(folder / "out"), stats

@@ -23,8 +23,6 @@ pytest.importorskip("open_clip")
 
 from altsieve.core import reasons  # noqa: E402 - after the importorskip
 from altsieve.core.config import ConfigError, load_config  # noqa: E402
-from altsieve.pipeline.cli import run_all  # noqa: E402
-from altsieve.pipeline.demo import demo_config  # noqa: E402
 from altsieve.testcorpus.generator import TestCorpus  # noqa: E402
 from altsieve.testcorpus.scenes import caption_for, draw_scene, mismatched_caption, random_scene  # noqa: E402
 from altsieve.transforms import clip  # noqa: E402
@@ -255,11 +253,8 @@ def expected_with_clip(corpus: TestCorpus) -> dict[int, str | None]:
 
 
 @pytest.fixture(scope="module")
-def clip_run(corpus, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clip")
-    with e2e.serving(corpus, folder) as (_, input_path):
-        stats = run_all(demo_config("demo"), [input_path], str(folder / "out"), [])
-    return str(folder / "out"), stats
+def clip_run(demo_run):
+    return demo_run  # conftest.py: the demo recipe's run, shared with tests/test_outputs.py
 
 
 def test_demo_recipe_drops_what_clip_should(corpus, clip_run) -> None:

@@ -24,7 +24,7 @@ from PIL import Image
 from altsieve.core import layout, reasons
 from altsieve.core.config import ConfigError, load_config
 from altsieve.pipeline import cli
-from altsieve.pipeline.demo import demo_config, run_demo
+from altsieve.pipeline.demo import demo_config
 from altsieve.pipeline.report import next_steps, write_reports
 from altsieve.pipeline.reshard import run_reshard
 from altsieve.testcorpus.generator import generate_corpus
@@ -32,11 +32,10 @@ from altsieve.testcorpus.server import CorpusServer
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> tuple[Path, dict]:
-    """`altsieve demo`'s run: the demo recipe (CLIP with the tiny test model, so embeddings too)."""
-    folder = tmp_path_factory.mktemp("demo")
-    stats = run_demo(str(folder), 100, 0, "demo", [])
-    return folder / "dataset", stats
+def demo(demo_run) -> tuple[Path, dict]:
+    """`altsieve demo`'s run (conftest.py): the demo recipe, CLIP with the tiny test model, so embeddings too."""
+    output, stats = demo_run
+    return Path(output), stats
 
 
 def final_keys(dataset: Path) -> list[str]:
