@@ -22,7 +22,7 @@ import pytest
 
 from altsieve.core import reasons
 from altsieve.pipeline.audit import HIST_SPECS, audit, img2dataset_reason
-from altsieve.pipeline.audit_report import SECTIONS
+from altsieve.pipeline.audit.html import SECTIONS
 from altsieve.pipeline.cli import main, run_all
 from altsieve.pipeline.demo import demo_config
 from altsieve.testcorpus.generator import TestCorpus, generate_corpus
