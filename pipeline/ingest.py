@@ -46,7 +46,8 @@ def build_ingest(
     if clip_identity is not None and config.clip.save_embeddings:
         embeddings = (int(clip_identity["embed_dim"]), str(clip_identity["weights_sha256"]))
     _ = records | "WriteShards" >> WriteShards(
-        output, source.save_additional_columns, config.image.encode_format, embeddings
+        output, source.save_additional_columns, config.image.encode_format, embeddings,
+        (config.audit.thumbnails_per_reason, config.audit.thumbnail_size),
     )
 
 
