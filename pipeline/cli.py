@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--samples", type=int, default=6, help="pairs shown per drop reason (default: 6)")
     audit.add_argument("--url-col", dest="url_col", default="url", help="url column of bare Parquet")
     audit.add_argument("--caption-col", dest="caption_col", default="caption", help="caption column of bare Parquet")
+    audit.add_argument("--compare", metavar="B", default=None,
+                       help="a second corpus (another run, another recipe): report both side by side, their funnels, "
+                            "reason deltas, overlap of kept keys and what one kept and the other dropped")
     return parser
 
 
@@ -228,7 +231,7 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
             raise ConfigError(f"unknown option {beam_args[0]} for altsieve audit (see altsieve audit --help)")
         from altsieve.pipeline.audit import audit_cli
 
-        return audit_cli(args.path, args.report, args.samples, args.url_col, args.caption_col)
+        return audit_cli(args.path, args.report, args.samples, args.url_col, args.caption_col, args.compare)
     if args.command == "recipes":
         return _recipes(args.name)
     if args.command == "serve-testcorpus":

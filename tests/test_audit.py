@@ -67,11 +67,16 @@ def test_counts_equal_the_truth(corpus, audited) -> None:
     # Duplicate clusters: as many redundant pairs as the truth's duplicates, whichever method found them.
     duplicates = sum(n for r, n in truth.items() if r.startswith("duplicate_"))
     assert data["duplicate_clusters"]["redundant_pairs"] == duplicates
-    # Image widths of the kept pairs: the truth's expected widths, bin for bin.
-    spec = next(s for s in HIST_SPECS if s.name == "width")
+    # Image widths of the kept pairs: the truth's expected widths, bin for bin (the bins the data chose, and the
+    # overflow bins at either end).
     widths = np.array([p.expected_width for p in corpus.pairs if expected[p.pair_id] is None], dtype=float)
-    index = np.clip(np.searchsorted(spec.edges, widths, side="right") - 1, 0, len(spec.edges) - 2)
-    assert data["histograms"]["width"]["counts"]["kept"] == np.bincount(index, minlength=len(spec.edges) - 1).tolist()
+    edges = np.array(data["histograms"]["width"]["edges"])
+    inside = widths[(widths >= edges[0]) & (widths < edges[-1])]
+    kept_widths = data["histograms"]["width"]["by_label"]["kept"]
+    assert kept_widths["counts"] == np.bincount(np.searchsorted(edges, inside, side="right") - 1,
+                                                minlength=len(edges) - 1).tolist()
+    assert kept_widths["underflow"] == int((widths < edges[0]).sum())
+    assert kept_widths["overflow"] == int((widths >= edges[-1]).sum())
     # Failures by error add up to the truth's download failures; the run's own stats.json agrees.
     downloads = sum(n for r, n in truth.items() if r.startswith("download_"))
     assert data["download_failures"]["total"] == downloads
@@ -87,10 +92,23 @@ def test_counts_equal_the_truth(corpus, audited) -> None:
                                         for s in group["samples"])
     assert all(s["thumbnail"] for s in gallery[reasons.DUPLICATE_SHA256]["samples"])
     assert not any(s["thumbnail"] for s in gallery[reasons.DOWNLOAD_NOT_FOUND]["samples"])
+    # Every reason that had an image shows it: the image rules' drops from ingest's thumbnails, kept pairs and
+    # duplicates from the shards, each duplicate beside the pair it names.
+    for reason in (reasons.IMAGE_TOO_SMALL, reasons.IMAGE_ASPECT_RATIO, reasons.DUPLICATE_SHA256, "kept"):
+        assert gallery[reason]["samples"] and all(s["thumbnail"] for s in gallery[reason]["samples"]), reason
+    for sample in gallery[reasons.DUPLICATE_SHA256]["samples"] + gallery.get(reasons.DUPLICATE_PHASH, {}).get(
+            "samples", []):
+        assert sample["original"]["key"] == sample["duplicate_of"] and sample["original"]["image"]
+        assert by_key[sample["original"]["key"]] is None  # the pair it duplicates was kept
     # Only what the run has no values for is "not computed": CLIP scores exist when the recipe enabled CLIP.
     has_clip = demo_config().clip.enabled
     assert data["histograms"]["clip_score"]["computed"] is has_clip
-    assert [item["what"] for item in data["not_computed"]] == ([] if has_clip else ["CLIP score"])
+    assert [item["what"] for item in data["not_computed"]] == (
+        [] if has_clip else ["CLIP score", "Remaining noise: mismatched captions left"])
+    # The run's own thresholds (its config) are drawn beside the published ones.
+    assert [64.0, "this run: shorter side >= 64 px"] in data["histograms"]["width"]["run_markers"]
+    assert [3.0, "this run: <= 3"] in data["histograms"]["aspect_ratio"]["run_markers"]
+    assert data["histograms"]["width"]["markers"] == [[200, "ALIGN/DataComp/COYO 200 px"]]
 
 
 def _chromium() -> str:
@@ -184,7 +202,8 @@ def test_bare_parquet_reports_what_it_cannot_compute(tmp_path) -> None:
     assert {"Image width (original)", "CLIP score", "Language distribution", "Duplicate cluster sizes",
             "Thumbnails"} <= missing
     assert data["histograms"]["caption_chars"]["computed"] is True
-    assert sum(data["histograms"]["caption_chars"]["counts"]["all"]) == 30
+    every = data["histograms"]["caption_chars"]["by_label"]["all"]
+    assert every["underflow"] + sum(every["counts"]) + every["overflow"] == 30
     assert "not computed" in (tmp_path / "report" / "report.html").read_text()
 
 

@@ -1,9 +1,13 @@
-"""The statistics of a corpus, streamed: each batch goes through pyarrow compute into histograms and counters."""
+"""The statistics of a corpus, streamed: each batch goes through pyarrow compute into histograms and counters.
+
+Everything is counted per outcome label (``kept`` or the reason code; ``all`` for input without
+outcomes), so that the report can show kept against dropped and drill into one reason, one domain,
+one language or one score range without a second pass. Samples are bottom-k by the CRC32 of the key
+(``samples.BottomK``): the same pairs on every audit of the same corpus, whatever the order of files and batches.
+"""
 
 from __future__ import annotations
 
-import heapq
-import zlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -12,11 +16,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from altsieve.pipeline.audit.domains import TopCounter, hosts
+from altsieve.core import reasons
+from altsieve.pipeline.audit.domains import DOMAIN_CAP, DomainMapper, TopCounter
+from altsieve.pipeline.audit.estimates import ClipEmbeddingSample, KeptHashes
 from altsieve.pipeline.audit.histograms import HIST_SPECS, Histogram
+from altsieve.pipeline.audit.samples import BottomK, key_hashes
 from altsieve.pipeline.audit.sources import Batch, Source
 
 TOP_N = 20
+DRILL_DOMAINS = 200  # domains whose outcome breakdown the report carries for drilling down
+MAX_SAMPLES = 24  # gathered per reason; the page shows the first ones and the rest on demand
+PURITY_SAMPLE = 120  # kept captions per language for the purity estimate (langdetect: ~5-15 ms a caption)
+KEPT, DROPPED, ALL = "kept", "dropped", "all"
 # Columns shown with each gallery sample, when present.
 SAMPLE_FIELDS = [
     "key", "url", "caption", "reason", "error_message", "original_width", "original_height", "bytes",
@@ -41,27 +52,33 @@ def _grouped(table: pa.Table, keys: list[str]) -> list[dict[str, Any]]:
 
 
 class Aggregator:
-    def __init__(self, source: Source, samples_per_reason: int) -> None:
+    def __init__(self, source: Source, max_samples: int = MAX_SAMPLES, keep_outcomes: bool = False) -> None:
         self.source = source
-        self.samples_per_reason = samples_per_reason
         self.rows = 0
         self.columns: set[str] = set()
         self.reason_counts: Counter[str] = Counter()
         self.histograms = {spec.name: Histogram(spec) for spec in HIST_SPECS}
-        self.languages: Counter[tuple[str, str]] = Counter()
-        self.domains = {group: TopCounter() for group in ("kept", "dropped", "all", "failed")}
+        self.languages: Counter[tuple[str, str]] = Counter()  # (language, label)
+        self.domain_mapper = DomainMapper()
+        self.domains = {group: TopCounter() for group in (KEPT, DROPPED, ALL, "failed")}
+        self.domain_labels = TopCounter(2 * DOMAIN_CAP)  # (domain, label), for drilling down by domain
         self.errors: Counter[tuple[str, str]] = Counter()
         self.duplicate_keys: list[pa.Array] = []
         self.hash_prefixes: list[pa.Array] = []
-        # reason -> heap of (-hash, key, row): the smallest hashes of the keys, a sample that does not depend
-        # on the order of files or batches.
-        self.samples: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+        self.samples = BottomK(max_samples)
+        self.purity = BottomK(PURITY_SAMPLE)  # label: a language of kept pairs
+        self.kept_hashes = KeptHashes()
+        self.clip = ClipEmbeddingSample()
+        # For --compare: every row's key and label, as Arrow arrays (the only part that grows with the corpus).
+        self.keep_outcomes = keep_outcomes
+        self.outcomes: list[pa.Table] = []
 
-    def group_of(self, table: pa.Table) -> tuple[pa.ChunkedArray, np.ndarray]:
-        if self.source.has_outcomes:
-            kept = pc.is_null(table["reason"])
-            return pc.if_else(kept, pa.scalar("kept"), pa.scalar("dropped")), kept.to_numpy(zero_copy_only=False)
-        return pa.chunked_array([pa.repeat(pa.scalar("all"), len(table))]), np.ones(len(table), dtype=bool)
+    def _labels(self, table: pa.Table) -> tuple[list[str], np.ndarray]:
+        """The outcome label of each row (``kept``, the reason code, or ``all``) as a dictionary and its codes."""
+        if not self.source.has_outcomes:
+            return [ALL], np.zeros(len(table), dtype=np.int64)
+        encoded = pc.dictionary_encode(pc.fill_null(table["reason"], KEPT)).combine_chunks()
+        return encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
 
     def add(self, batch: Batch) -> None:
         table = batch.table
@@ -69,19 +86,21 @@ class Aggregator:
             return
         self.rows += len(table)
         self.columns.update(table.column_names)
-        groups, kept = self.group_of(table)
-        if self.source.has_outcomes:
-            for item in pc.value_counts(table["reason"]).to_pylist():
-                self.reason_counts[item["values"] or "kept"] += item["counts"]
-        masks = {"kept": kept, "dropped": ~kept} if self.source.has_outcomes else {"all": kept}
-        self._histograms(table, masks)
-        extra = pa.table({"group": groups})
+        labels, codes = self._labels(table)
+        for code, count in enumerate(np.bincount(codes, minlength=len(labels)).tolist()):
+            if count and self.source.has_outcomes:
+                self.reason_counts[labels[code]] += count
+        kept = codes == labels.index(KEPT) if KEPT in labels else np.zeros(len(table), dtype=bool)
+        self._histograms(table, labels, codes)
+        label_column = pa.array(labels, pa.string()).take(pa.array(codes))
         if "language" in table.column_names:
             language = pc.fill_null(table["language"], "(not tagged)")
-            for row in _grouped(extra.append_column("language", language), ["language", "group"]):
-                self.languages[(row["language"], row["group"])] += row["count_all"]
+            for row in _grouped(pa.table({"language": language, "label": label_column}), ["language", "label"]):
+                self.languages[(row["language"], row["label"])] += row["count_all"]
+        domain = None
         if "url" in table.column_names:
-            self._domains(table, extra.append_column("domain", hosts(table["url"])))
+            domain = self.domain_mapper.domains(table["url"])
+            self._domains(table, domain, label_column)
         if "duplicate_of" in table.column_names:
             duplicates = table["duplicate_of"].drop_null()
             if len(duplicates):
@@ -90,9 +109,19 @@ class Aggregator:
             hashes = table["sha256"].drop_null()  # img2dataset hashes successful downloads only
             if len(hashes):  # 16 hex digits (64 bits) tell SHA-256 digests apart at any corpus size
                 self.hash_prefixes.append(pc.utf8_slice_codeunits(hashes, 0, 16).combine_chunks())
-        self._sample(batch)
+        id_column = "key" if "key" in table.column_names else "url"
+        if id_column in table.column_names:
+            keys = table[id_column].to_pylist()
+            hashes = key_hashes(keys)
+            self._sample(batch, labels, codes, hashes, keys, domain)
+            self._kept_extras(batch, kept, hashes, keys)
+            if self.keep_outcomes:
+                columns = {"id": table[id_column], "label": label_column}
+                if "url" in table.column_names and id_column != "url":
+                    columns["url"] = table["url"]
+                self.outcomes.append(pa.table(columns))
 
-    def _histograms(self, table: pa.Table, masks: dict[str, np.ndarray]) -> None:
+    def _histograms(self, table: pa.Table, labels: list[str], codes: np.ndarray) -> None:
         names = table.column_names
         values: dict[str, Callable[[], np.ndarray]] = {}
         if "clip_score" in names:
@@ -110,20 +139,26 @@ class Aggregator:
                 pc.fill_null(pc.count_substring_regex(table["caption"], r"\S+"), 0))
         if "bytes" in names:
             values["bytes"] = lambda: _floats(table["bytes"])
+        if "language_score" in names:
+            values["language_score"] = lambda: _floats(table["language_score"])
         for name, compute in values.items():
-            array = compute()
-            for group, mask in masks.items():
-                self.histograms[name].add(group, array[mask])
+            self.histograms[name].add(compute(), codes, labels)
 
-    def _domains(self, table: pa.Table, extra: pa.Table) -> None:
-        counts: dict[str, Counter[str]] = {"kept": Counter(), "dropped": Counter(), "all": Counter()}
-        for row in _grouped(extra, ["domain", "group"]):
-            counts[row["group"]][row["domain"]] += row["count_all"]
-            if row["group"] != "all":
-                counts["all"][row["domain"]] += row["count_all"]
+    def _domains(self, table: pa.Table, domain: pa.Array, label: pa.Array) -> None:
+        counts: dict[str, Counter[str]] = {KEPT: Counter(), DROPPED: Counter(), ALL: Counter(), "failed": Counter()}
+        by_label: dict[tuple[str, str], int] = {}
+        for row in _grouped(pa.table({"domain": domain, "label": label}), ["domain", "label"]):
+            name, code, count = row["domain"], row["label"], row["count_all"]
+            by_label[(name, code)] = count
+            counts[ALL][name] += count
+            if self.source.has_outcomes:
+                counts[KEPT if code == KEPT else DROPPED][name] += count
+                if code.startswith("download_"):
+                    counts["failed"][name] += count
         for group, found in counts.items():
             if found:
                 self.domains[group].update(found)
+        self.domain_labels.update(by_label)
         if not self.source.has_outcomes:
             return
         failed = pc.starts_with(pc.fill_null(table["reason"], ""), "download_")
@@ -131,60 +166,72 @@ class Aggregator:
             return
         message = table["error_message"] if "error_message" in table.column_names else table["reason"]
         failures = pa.table({
-            "domain": pc.filter(extra["domain"], failed),
             "reason": pc.filter(table["reason"], failed),
             "message": _normalize_error(pc.fill_null(pc.filter(message, failed), "")),
         })
-        self.domains["failed"].update({r["domain"]: r["count_all"] for r in _grouped(failures, ["domain"])})
         for row in _grouped(failures, ["reason", "message"]):
             self.errors[(row["reason"], row["message"])] += row["count_all"]
 
-    def _sample(self, batch: Batch) -> None:
+    def _sample(self, batch: Batch, labels: list[str], codes: np.ndarray, hashes: np.ndarray, keys: list[Any],
+                domain: pa.Array | None) -> None:
         table = batch.table
-        id_column = "key" if "key" in table.column_names else "url"
-        if not self.samples_per_reason or id_column not in table.column_names:
-            return
-        keys = table[id_column].to_pylist()
-        hashes = np.fromiter((zlib.crc32(str(k).encode()) for k in keys), dtype=np.int64, count=len(keys))
-        if self.source.has_outcomes:
-            encoded = pc.dictionary_encode(pc.fill_null(table["reason"], "kept")).combine_chunks()
-            labels, codes = encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False)
-        else:
-            labels, codes = ["all"], np.zeros(len(table), dtype=np.int64)
         fields = [n for n in SAMPLE_FIELDS if n in table.column_names]
-        k = self.samples_per_reason
+        has_image = table["has_image"]
+
+        def make(row: int) -> dict[str, Any]:
+            record = {name: table[name][row].as_py() for name in fields}
+            if domain is not None:
+                record["domain"] = domain[row].as_py()
+            reason = record.get("reason")
+            record["image_from"] = None
+            if reasons.may_show_image(reason):  # never a safety-list match's image
+                if has_image[row].as_py():
+                    record["image_from"] = batch.image_tar
+                elif reason is not None and batch.thumbs_tar is not None and _may_have_thumbnail(reason):
+                    record["image_from"] = batch.thumbs_tar
+            return record
+
         for code, label in enumerate(labels):
-            rows = np.flatnonzero(codes == code)
-            if rows.size > k:
-                rows = rows[np.argpartition(hashes[rows], k)[:k]]
-            heap = self.samples.setdefault(label, [])
-            for row in rows:
-                entry = -int(hashes[row])
-                if len(heap) == k and entry <= heap[0][0]:
-                    continue
-                record = {name: table[name][int(row)].as_py() for name in fields}
-                record["has_image"] = bool(table["has_image"][int(row)].as_py())
-                record["image_tar"] = batch.image_tar if record["has_image"] else None
-                item = (entry, str(keys[row]), record)
-                if len(heap) < k:
-                    heapq.heappush(heap, item)
-                else:
-                    heapq.heapreplace(heap, item)
+            self.samples.add(label, np.flatnonzero(codes == code), hashes, keys, make)
+
+    def _kept_extras(self, batch: Batch, kept: np.ndarray, hashes: np.ndarray, keys: list[Any]) -> None:
+        """What the estimates of the remaining noise need from the kept pairs."""
+        if not kept.any():
+            return
+        table = batch.table
+        rows = np.flatnonzero(kept)
+        if "phash" in table.column_names:
+            chosen = table.take(pa.array(rows)).select(["key", "phash"]).filter(
+                pc.is_valid(table["phash"].take(pa.array(rows))))
+            self.kept_hashes.add(chosen["key"], chosen["phash"])
+        if "language" in table.column_names and "caption" in table.column_names:
+            language = table["language"]
+            caption = table["caption"]
+            encoded = pc.dictionary_encode(language.take(pa.array(rows))).combine_chunks()
+            names = encoded.dictionary.to_pylist()
+            indices = encoded.indices.to_numpy(zero_copy_only=False)
+            for code, name in enumerate(names):
+                members = rows[indices == code]
+                self.purity.add(name, members, hashes, keys,
+                                lambda row: {"key": str(keys[row]), "caption": caption[row].as_py()})
+        if batch.embeddings is not None:
+            languages = table["language"].take(pa.array(rows)).to_pylist() if "language" in table.column_names \
+                else [None] * rows.size
+            self.clip.add(batch.embeddings, [str(keys[r]) for r in rows.tolist()], languages)
 
     # -----------------------------------------------------------------------------------------
     # Results
 
-    def result(self) -> dict[str, Any]:
+    def result(self, thresholds: dict[str, list[float]]) -> dict[str, Any]:
         not_computed: list[dict[str, str]] = []
         histograms: dict[str, Any] = {}
         for name, histogram in self.histograms.items():
             if histogram.counts:
-                histograms[name] = histogram.to_json()
+                histograms[name] = {**histogram.to_json(thresholds.get(name, [])), "computed": True}
             else:
                 histograms[name] = {"title": histogram.spec.title, "computed": False, "why": self._why_not(name)}
-                not_computed.append({"what": histogram.spec.title, "why": histograms[name]["why"]})
-        for histogram in histograms.values():
-            histogram.setdefault("computed", True)
+                if name != "language_score" or "language" in self.columns:
+                    not_computed.append({"what": histogram.spec.title, "why": histograms[name]["why"]})
         out: dict[str, Any] = {
             "rows": self.rows,
             "columns": sorted(self.columns),
@@ -204,6 +251,8 @@ class Aggregator:
             return "no original_width/original_height columns: image sizes need the images (metadata-only input)"
         if name == "bytes":
             return "no bytes column: this input does not record downloaded file sizes"
+        if name == "language_score":
+            return "no language_score values: language identification has not been run on this corpus"
         return "no caption column"
 
     def _languages(self, not_computed: list[dict[str, str]]) -> dict[str, Any]:
@@ -212,14 +261,19 @@ class Aggregator:
             not_computed.append({"what": "Language distribution", "why": why})
             return {"computed": False, "why": why}
         totals: Counter[str] = Counter()
-        for (language, _), count in self.languages.items():
+        by_language: dict[str, dict[str, int]] = {}
+        for (language, label), count in self.languages.items():
             totals[language] += count
+            by_language.setdefault(language, {})[label] = count
         rows = []
         for language, total in totals.most_common():
-            row = {"language": language, "total": total}
-            for group in ("kept", "dropped", "all"):
-                if (language, group) in self.languages:
-                    row[group] = self.languages[(language, group)]
+            labels = by_language[language]
+            row: dict[str, Any] = {"language": language, "total": total, "labels": dict(sorted(labels.items()))}
+            if self.source.has_outcomes:
+                row[KEPT] = labels.get(KEPT, 0)
+                row[DROPPED] = total - row[KEPT]
+            else:
+                row[ALL] = total
             rows.append(row)
         return {"computed": True, "distinct": len(rows), "languages": rows}
 
@@ -259,22 +313,31 @@ class Aggregator:
             not_computed.append({"what": "Domains", "why": why})
             return {"computed": False, "why": why}, {"computed": False, "why": why}
 
-        def top(group: str) -> list[dict[str, Any]]:
+        def top(group: str, n: int = TOP_N) -> list[dict[str, Any]]:
             counter = self.domains[group]
-            return [{"domain": d, "count": n, "total": self.domains["all"].counts.get(d, n)}
-                    for d, n in counter.counts.most_common(TOP_N)]
+            return [{"domain": d, "count": c, "total": self.domains[ALL].counts.get(d, c)}
+                    for d, c in counter.counts.most_common(n)]
 
-        all_domains = self.domains["all"]
+        all_domains = self.domains[ALL]
+        # The outcome breakdown of the largest domains, for the page's drill-down.
+        drill = {d: {} for d, _ in all_domains.counts.most_common(DRILL_DOMAINS)}
+        for (name, label), count in self.domain_labels.counts.items():
+            if name in drill:
+                drill[name][label] = count
         domains: dict[str, Any] = {
             "computed": True,
+            "method": "registered domain (Public Suffix List, tldextract's bundled snapshot, private suffixes "
+                      "included); a host the list cannot place (IP address, localhost) is its own domain",
             "distinct": len(all_domains.counts) + (1 if all_domains.folded else 0),
             "folded_rare_domains": {"pairs": all_domains.folded, "max_error": all_domains.max_folded},
+            "by_domain": [{"domain": d, "total": sum(labels.values()), "labels": dict(sorted(labels.items()))}
+                          for d, labels in drill.items()],
         }
         if self.source.has_outcomes:
-            domains["top_kept"] = top("kept")
-            domains["top_dropped"] = top("dropped")
+            domains["top_kept"] = top(KEPT)
+            domains["top_dropped"] = top(DROPPED)
         else:
-            domains["top"] = top("all")
+            domains["top"] = top(ALL)
             why = "the input records no outcome per pair (no status or reason column)"
             not_computed.append({"what": "Kept vs dropped, download failures", "why": why})
             return domains, {"computed": False, "why": why}
@@ -290,3 +353,8 @@ class Aggregator:
             "by_domain": top("failed"),
         }
         return domains, failures
+
+
+def _may_have_thumbnail(reason: str) -> bool:
+    """Ingest thumbnails the pairs dropped once their image was fetched: image rules and CLIP rules."""
+    return reasons.stage_of(reason).name in (reasons.IMAGE, reasons.CLIP)

@@ -1,7 +1,18 @@
-"""Domains of the pairs' URLs, and a counter whose memory is capped however many distinct domains there are."""
+"""Domains of the pairs' URLs (registered domains, from the Public Suffix List), and a counter whose memory is capped.
+
+A domain is the registered domain (eTLD+1) of the URL's host: ``img.bbc.co.uk`` and ``www.bbc.co.uk``
+are ``bbc.co.uk``, ``a.example.com`` is ``example.com``, and a private suffix counts as a public one
+(``foo.blogspot.com`` and ``bar.github.io`` are sites of their own, as browsers treat them). tldextract
+with the Public Suffix List snapshot it ships: no network, no cache on disk. A host the list cannot
+place (an IP address, ``localhost``, a suffix the list lacks) is its own domain.
+
+Hosts are pulled out of the URLs by pyarrow (one regex over the column); only the distinct hosts of a
+batch go through tldextract, each once per audit (a memo of at most ``HOST_MEMO`` hosts).
+"""
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Any
 
@@ -9,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 DOMAIN_CAP = 200_000  # distinct domains kept exactly before the rarest are folded
+HOST_MEMO = 1_000_000  # distinct hosts remembered; past that the memo starts over
+NO_HOST = "(no host)"
 _HOST = r"^[A-Za-z][A-Za-z0-9+.\-]*://(?:[^@/?#]*@)?(?P<host>[^/?#:]+)"
 
 
@@ -35,7 +48,36 @@ class TopCounter:
             self.counts = Counter(keep)
 
 
-def hosts(urls: pa.ChunkedArray) -> pa.ChunkedArray:
-    hosts = pc.struct_field(pc.extract_regex(urls, _HOST), "host")
-    hosts = pc.replace_substring_regex(pc.utf8_lower(hosts), r"^www\.", "")
-    return pc.if_else(pc.is_valid(hosts), hosts, pa.scalar("(no host)"))
+@functools.cache
+def _extractor() -> Any:
+    import tldextract
+
+    # suffix_list_urls=(): never fetch the list; cache_dir=None: no cache file; the bundled snapshot is used.
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
+
+
+class DomainMapper:
+    """host -> registered domain, memoised."""
+
+    def __init__(self) -> None:
+        self._memo: dict[str, str] = {}
+
+    def domain(self, host: str) -> str:
+        found = self._memo.get(host)
+        if found is None:
+            if len(self._memo) >= HOST_MEMO:
+                self._memo.clear()
+            parts = _extractor()(host)
+            found = self._memo[host] = parts.top_domain_under_public_suffix or host
+        return found
+
+    def domains(self, urls: pa.ChunkedArray | pa.Array) -> pa.Array:
+        """The registered domain of each URL (``(no host)`` where it has none)."""
+        hosts = pc.utf8_lower(pc.struct_field(pc.extract_regex(urls, _HOST), "host"))
+        hosts = pc.fill_null(hosts, NO_HOST)
+        if isinstance(hosts, pa.ChunkedArray):
+            hosts = hosts.combine_chunks()
+        encoded = hosts.dictionary_encode()
+        mapped = pa.array([self.domain(h) if h != NO_HOST else NO_HOST for h in encoded.dictionary.to_pylist()],
+                          pa.string())
+        return mapped.take(encoded.indices)

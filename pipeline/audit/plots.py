@@ -14,8 +14,24 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on workers and CI; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
 
 COLORS = {"kept": "#2e7d32", "dropped": "#c62828", "all": "#1565c0"}
+RUN_COLOR = "#ef6c00"  # the run's own thresholds
+PUBLISHED_COLOR = "#546e7a"  # published thresholds
+# Fallback fonts for labels in CJK scripts (a domain, a language name): the first one installed is used after
+# matplotlib's own DejaVu Sans, which has no CJK glyphs.
+CJK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Source Han Sans", "WenQuanYi Zen Hei", "Droid Sans Fallback")
+
+
+def _configure_fonts() -> None:
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    fallback = [name for name in CJK_FONTS if name in installed]
+    plt.rcParams["font.family"] = "sans-serif"
+    plt.rcParams["font.sans-serif"] = ["DejaVu Sans", *fallback]
+
+
+_configure_fonts()
 
 
 def _png(fig: Any) -> str:
@@ -25,26 +41,74 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def plot_histogram(hist: dict[str, Any]) -> str:
-    fig, ax = plt.subplots(layout="constrained", figsize=(6.4, 3.0))
+def _fmt(value: float, integer: bool) -> str:
+    if integer:
+        return f"{round(value):,}"
+    return f"{value:.3g}"
+
+
+def plot_histogram(hist: dict[str, Any], groups: dict[str, dict[str, Any]]) -> str:
+    """Kept and dropped (or all) as steps over the data's bins, with the overflow bins drawn apart and labelled.
+
+    The bins below the first edge and at or above the last are bars of their own outside the axis range
+    of the regular bins, hatched and annotated ("< 22 px: 5"), so a long tail is counted, not squashed into
+    an edge bin. Thresholds: the run's own (solid, orange) and the published ones (dashed, grey).
+    """
+    fig, ax = plt.subplots(layout="constrained", figsize=(6.4, 3.1))
     edges = hist["edges"]
+    log_x = hist["log_x"]
+    integer = hist.get("integer", False)
+    if log_x:
+        ratio = edges[1] / edges[0] if len(edges) > 1 else 2.0
+        under = (edges[0] / ratio, edges[0])
+        over = (edges[-1], edges[-1] * ratio)
+    else:
+        width = edges[1] - edges[0] if len(edges) > 1 else 1.0
+        under = (edges[0] - width, edges[0])
+        over = (edges[-1], edges[-1] + width)
+    top = 1
     for group in ("all", "kept", "dropped"):
-        counts = hist["counts"].get(group)
-        if counts is None:
+        part = groups.get(group)
+        if part is None:
             continue
         color = COLORS[group]
-        ax.stairs(counts, edges, fill=True, alpha=0.25, color=color)
-        ax.stairs(counts, edges, color=color, linewidth=1.4, label=f"{group} ({sum(counts):,})")
-    if hist["log_x"]:
+        counts = part["counts"]
+        total = part["underflow"] + sum(counts) + part["overflow"]
+        ax.stairs(counts, edges, fill=True, alpha=0.22, color=color)
+        ax.stairs(counts, edges, color=color, linewidth=1.4, label=f"{group} ({total:,})")
+        for (left, right), count in ((under, part["underflow"]), (over, part["overflow"])):
+            if count:
+                ax.bar(left, count, width=right - left, align="edge", color=color, alpha=0.3, hatch="///",
+                       edgecolor=color, linewidth=0.8)
+        top = max(top, max(counts, default=0), part["underflow"], part["overflow"])
+    for (left, right), text, key in ((under, f"< {_fmt(edges[0], integer)}", "underflow"),
+                                     (over, f"≥ {_fmt(edges[-1], integer)}", "overflow")):
+        counts = [groups[g][key] for g in groups if groups[g][key]]
+        if counts:
+            middle = (left * right) ** 0.5 if log_x else (left + right) / 2
+            ax.text(middle, max(counts), f"{text}\n{sum(counts):,}", ha="center", va="bottom", fontsize=6.5,
+                    color="#37474f")
+    if log_x:
         ax.set_xscale("log")
-    for value, label in hist["markers"]:  # published thresholds, named in the legend
-        ax.axvline(value, color="#555", linestyle="--", linewidth=0.9, label=label or None)
-    ax.set_xlim(edges[0], edges[-1])
+    low, high = under[0], over[1]
+    off_chart = []
+    for markers, color, style in ((hist.get("run_markers", []), RUN_COLOR, "-"),
+                                  (hist.get("markers", []), PUBLISHED_COLOR, "--")):
+        for value, label in markers:
+            if low <= value <= high:
+                ax.axvline(value, color=color, linestyle=style, linewidth=1.1, label=label or None)
+            elif label:
+                off_chart.append(f"{label} (off the chart)")
+    ax.set_xlim(low, high)
+    ax.set_ylim(0, top * 1.25)
     ax.set_title(hist["title"], fontsize=10)
-    ax.set_xlabel(hist["xlabel"], fontsize=8)
+    xlabel = hist["xlabel"]
+    if off_chart:
+        xlabel += "\n" + "; ".join(off_chart)
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("pairs", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=6.5, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     return _png(fig)
 
@@ -67,20 +131,28 @@ def plot_funnel(funnel: dict[str, Any]) -> str:
     return _png(fig)
 
 
-def plot_published(rows: list[dict[str, Any]]) -> str | None:
-    shown = [r for r in rows if r.get("kept_percent") is not None]
-    if not shown:
+def plot_published(funnels: list[dict[str, Any]]) -> str | None:
+    """Every corpus's funnel as nested bars: each stage it reports, as a share of its first stage.
+
+    ``funnels``: ``{"corpus", "ours", "stages": [{"stage", "percent"}]}``, first stage 100 %.
+    """
+    if not funnels:
         return None
-    fig, ax = plt.subplots(layout="constrained", figsize=(6.4, 0.45 * len(shown) + 0.9))
-    names = [r["corpus"] for r in shown][::-1]
-    values = [r["kept_percent"] for r in shown][::-1]
-    colors = ["#2e7d32" if r["source"] == "this audit" else "#90a4ae" for r in shown][::-1]
-    bars = ax.barh(names, values, color=colors)
-    for bar, value in zip(bars, values, strict=True):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.1f} %", va="center", fontsize=8)
-    ax.set_xlim(0, 110)
-    ax.set_xlabel("kept, % of input pairs", fontsize=8)
-    ax.tick_params(labelsize=8)
+    fig, ax = plt.subplots(layout="constrained", figsize=(8.4, 0.55 * len(funnels) + 1.0))
+    shades = ["#cfd8dc", "#90a4ae", "#546e7a", "#37474f"]
+    for row, funnel in enumerate(reversed(funnels)):
+        stages = [s for s in funnel["stages"] if s["percent"] is not None]
+        for index, stage in enumerate(stages):
+            color = "#2e7d32" if funnel["ours"] and index == len(stages) - 1 else shades[min(index, len(shades) - 1)]
+            ax.barh(row, stage["percent"], height=0.62 - 0.12 * index, color=color, zorder=index)
+        # The stages in words at the right, where they cannot overlap the bars or each other.
+        words = " → ".join(f"{s['stage']} {s['percent']:.1f} %" for s in stages[1:]) or "(one stage only)"
+        ax.text(103, row, words, va="center", fontsize=7, color="#212121")
+    ax.set_yticks(range(len(funnels)), [f["corpus"] for f in reversed(funnels)], fontsize=8)
+    ax.set_xlim(0, 200)
+    ax.set_xticks([0, 20, 40, 60, 80, 100])
+    ax.set_xlabel("share of the corpus's first stage (its input), %", fontsize=8, loc="left")
+    ax.tick_params(labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
     return _png(fig)
 
@@ -113,6 +185,26 @@ def plot_clusters(sizes: list[dict[str, int]]) -> str:
     ax.set_title("Duplicate cluster sizes", fontsize=10)
     ax.set_xlabel("pairs in the cluster", fontsize=8)
     ax.set_ylabel("clusters", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
+def plot_compare_funnels(stages: list[str], a: list[int], b: list[int], names: tuple[str, str]) -> str:
+    """Two funnels side by side: pairs remaining after each stage, A above B."""
+    fig, ax = plt.subplots(layout="constrained", figsize=(7.5, 0.55 * len(stages) + 0.9))
+    rows = list(range(len(stages)))[::-1]
+    height = 0.38
+    ax.barh([r + height / 2 for r in rows], a, height=height, color="#1565c0", label=names[0])
+    ax.barh([r - height / 2 for r in rows], b, height=height, color="#ef6c00", label=names[1])
+    total = max(max(a, default=0), max(b, default=0), 1)
+    for r, va, vb in zip(rows, a, b, strict=True):
+        ax.text(va, r + height / 2, f" {va:,}", va="center", fontsize=7)
+        ax.text(vb, r - height / 2, f" {vb:,}", va="center", fontsize=7)
+    ax.set_yticks(rows, stages, fontsize=8)
+    ax.set_xlim(0, total * 1.2)
+    ax.set_xlabel("pairs remaining", fontsize=8)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
     ax.tick_params(labelsize=7)
     ax.spines[["top", "right"]].set_visible(False)
     return _png(fig)

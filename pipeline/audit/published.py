@@ -43,3 +43,24 @@ def comparison(own: dict[str, Any], label: str) -> list[dict[str, Any]]:
     if attempted:
         rows[0]["fetched_percent_of_attempts"] = round(100.0 * rows[0]["fetched"] / attempted, 1)
     return rows
+
+
+def funnel_shares(own: dict[str, Any], published: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every funnel's stages as shares of its first stage, for the chart: this corpus first, then each published one.
+
+    This corpus: input, fetched (when it records downloads), kept. A published corpus: the stages its source gives
+    a count for (DataComp gives no kept share, so its funnel ends at the images downloaded).
+    """
+    total = own["input_pairs"] or 0
+    stages = {stage["stage"]: stage for stage in own["stages"]}
+    ours = [{"stage": "input", "percent": 100.0}]
+    if "fetched" in stages and total:
+        ours.append({"stage": "fetched", "percent": 100.0 * stages["fetched"]["remaining"] / total})
+    if own.get("kept") is not None and total:
+        ours.append({"stage": "kept", "percent": 100.0 * own["kept"] / total})
+    rows = [{"corpus": "this corpus", "ours": True, "stages": ours}]
+    for funnel in published:
+        shares = [{"stage": s["stage"], "percent": s["percent_of_first"]} for s in funnel["stages"]
+                  if s["percent_of_first"] is not None]
+        rows.append({"corpus": funnel["corpus"], "ours": False, "stages": shares})
+    return rows

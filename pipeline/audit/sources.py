@@ -6,6 +6,7 @@ Each adapter yields Arrow tables of the same normalized columns (a subset of ``W
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -22,11 +23,13 @@ KIND_ALTSIEVE = "altsieve"
 KIND_IMG2DATASET = "img2dataset"
 KIND_PARQUET = "parquet"
 
-# The columns the audit reads when a file has them (never exif, phash or image bytes).
+# The columns the audit reads when a file has them (never exif or image bytes).
 WANTED = [
     "key", "url", "caption", "reason", "status", "error_message", "original_width", "original_height",
-    "bytes", "http_status", "language", "language_score", "clip_score", "duplicate_of", "sha256",
+    "bytes", "http_status", "language", "language_score", "clip_score", "duplicate_of", "sha256", "phash",
 ]
+# transforms/clip.py writes them (not imported: it brings Beam, 2 s of the audit's start-up).
+EMBEDDINGS_SUFFIX = "_embeddings.npz"
 BATCH_ROWS = 65_536  # for bare Parquet read by row-group batches
 
 
@@ -45,6 +48,29 @@ class Source:
     notes: list[str] = field(default_factory=list)
     url_col: str = "url"
     caption_col: str = "caption"
+    _starts: dict[str, list[tuple[int, str]]] | None = field(default=None, repr=False)  # file -> (first row, pid)
+
+    def shard_of_key(self, key: str) -> str | None:
+        """The candidate tar that holds a pair's image if it passed ingest (altsieve keys name their partition).
+
+        Keys are ``{file:05d}{row:010d}`` and partitions ``{file:05d}_{first row:010d}``: the partition of a
+        key is the one of its file with the largest first row not above the key's row.
+        """
+        if self.kind != KIND_ALTSIEVE or len(key) != 15 or not key.isdigit():
+            return None
+        if self._starts is None:
+            starts: dict[str, list[tuple[int, str]]] = {}
+            for pid in self.partitions:
+                file_index, _, first = pid.partition("_")
+                if first.isdigit():
+                    starts.setdefault(file_index, []).append((int(first), pid))
+            self._starts = {f: sorted(v) for f, v in starts.items()}
+        candidates = self._starts.get(key[:5], [])
+        row = int(key[5:])
+        position = bisect.bisect_right(candidates, (row, "\uffff")) - 1
+        if position < 0:
+            return None
+        return layout.candidate_prefix(self.root, candidates[position][1]) + ".tar"
 
 
 def _read_schema(path: str) -> pa.Schema:
@@ -118,7 +144,9 @@ def _altsieve_source(path: str) -> Source:
 @dataclass
 class Batch:
     table: pa.Table  # normalized columns (a subset of WANTED) plus "reason" and "has_image"
-    image_tar: str | None
+    image_tar: str | None  # the tar holding the images of the rows with has_image
+    thumbs_tar: str | None = None  # ingest's thumbnails of pairs dropped after decode (altsieve)
+    embeddings: str | None = None  # the partition's CLIP embeddings of its ingest-kept pairs (altsieve)
 
 
 def iter_batches(source: Source) -> Iterator[Batch]:
@@ -166,4 +194,7 @@ def _altsieve_batches(source: Source) -> Iterator[Batch]:
                 else:
                     candidates = candidates.append_column(name, decided)
         candidates = candidates.append_column("has_image", has_image)
-        yield Batch(candidates, layout.candidate_prefix(source.root, pid) + ".tar")
+        prefix = layout.candidate_prefix(source.root, pid)
+        embeddings = prefix + EMBEDDINGS_SUFFIX
+        yield Batch(candidates, prefix + ".tar", layout.thumbnails_path(source.root, pid),
+                    embeddings if fsutil.exists(embeddings) else None)
