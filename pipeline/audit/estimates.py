@@ -82,15 +82,15 @@ class KeptHashes:
         hashes = pa.chunked_array(self.hashes).to_numpy().view(np.uint64)[order]
         rng = np.random.default_rng(0)
         positions = np.sort(rng.choice(n, size=min(n, sample_size), replace=False))
-        nearest = np.empty(positions.size, dtype=np.int16)  # to any other kept pair
-        nearest_earlier = np.empty(positions.size, dtype=np.int16)  # to one with a smaller key
+        nearest = np.empty(positions.size, dtype=np.uint8)  # to any other kept pair
+        nearest_earlier = np.empty(positions.size, dtype=np.uint8)  # to one with a smaller key
         for start in range(0, positions.size, PHASH_BLOCK):
             block = positions[start:start + PHASH_BLOCK]
-            distances = np.bitwise_count(hashes[None, :] ^ hashes[block, None]).astype(np.int16)
-            distances[np.arange(block.size), block] = 99  # not its own neighbour
+            distances = np.bitwise_count(hashes[None, :] ^ hashes[block, None])  # uint8, (block, n)
+            distances[np.arange(block.size), block] = 255  # not its own neighbour
             nearest[start:start + block.size] = distances.min(axis=1)
-            for row, position in enumerate(block.tolist()):
-                nearest_earlier[start + row] = distances[row, :position].min() if position else 99
+            for row, position in enumerate(block.tolist()):  # positions ascend: the prefix is the smaller keys
+                nearest_earlier[start + row] = distances[row, :position].min() if position else 255
         loose = max(2 * run_distance, run_distance + 4) if run_distance else 8
         distances_shown = sorted({0, 2, 4, 6, 8, 10, 12, 16, loose} | ({run_distance} if run_distance else set()))
         rows = []
