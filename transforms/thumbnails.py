@@ -47,8 +47,8 @@ def sample_hash(key: str) -> int:
 
 def thumbnail_options(size: int) -> ImageOptions:
     # The longer side at most ``size``, aspect kept, never enlarged: a 20x20 image stays 20x20, a strip stays a strip.
-    return ImageOptions(image_size=size, resize_mode="keep_ratio_largest", resize_only_if_bigger=True, encode_format="jpg",
-                        encode_quality=THUMBNAIL_QUALITY, extract_exif=False)
+    return ImageOptions(image_size=size, resize_mode="keep_ratio_largest", resize_only_if_bigger=True,
+                        encode_format="jpg", encode_quality=THUMBNAIL_QUALITY, extract_exif=False)
 
 
 class ThumbnailSample:
