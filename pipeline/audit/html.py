@@ -233,8 +233,8 @@ def section_noise(data: dict[str, Any]) -> str:
                  (f"<b>{100 * r['share']:.2f} %</b>", r["share"]), (_interval(r["interval"]), r["interval"][1]),
                  (_n(r["estimated_pairs"]), r["estimated_pairs"])] for r in clip["by_group"]]
         parts.append("<h3>Mismatched captions left: kept pairs CLIP cannot tell from mismatched ones</h3>" + table(
-            [("language", "text"), ("sampled", "num"), ("kept", "num"), ("mismatched scores p05 / median / p95", "num"),
-             ("kept p05 / median", "num"), ("kept at or below the mismatched median", "num"),
+            [("language", "text"), ("sampled", "num"), ("kept", "num"), ("mismatched p05 / median / p95", "num"),
+             ("kept p05 / median", "num"), ("kept ≤ mismatched median", "num"),
              ("estimated mismatched share", "num"), ("95 % interval", "num"), ("estimated pairs", "num")],
             rows, "", "noise-clip") + f'<p class="method">{_e(clip["method"])}</p>')
     else:
