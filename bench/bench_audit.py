@@ -1,21 +1,24 @@
 """``altsieve audit`` on a synthetic 1M-row altsieve output: wall-clock seconds and peak RSS.
 
     .venv/bin/python bench/bench_audit.py --rows 1000000 --partitions 100
+    .venv/bin/python bench/bench_audit.py --rows 1000000 --partitions 100 --compare   # also A --compare B
 
 Writes an altsieve-like output folder (candidate Parquet per partition with every column ingest
 writes, realistic shares of each reason, Zipf-distributed domains, captions of varied length in
 several languages, lognormal image sizes; a decision file per partition with exact duplicates and a
-``clip_score`` column so that every histogram is drawn; no images), then times the whole
-``altsieve audit`` command as a child process, start-up included, and reads its peak resident
-memory from ``getrusage(RUSAGE_CHILDREN)``. Run it twice with different ``--rows`` to see that
-memory does not grow with the corpus.
+``clip_score`` column so that every histogram is drawn; CLIP embeddings (64-d, float16) of the
+kept pairs beside each partition, so that the remaining-noise estimates all run; no images), then
+times the whole ``altsieve audit`` command as a child process, start-up included, and reads its peak
+resident memory from ``getrusage(RUSAGE_CHILDREN)`` (each command in a child of its own). Run it
+twice with different ``--rows`` to see that memory does not grow with the corpus. ``--compare``
+also writes a second output (the same input with other duplicate decisions) and times
+``altsieve audit A --compare B``, which holds both corpora's keys for the join.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -44,12 +47,24 @@ ERRORS = {
     "download_server_error": "HTTP 503", "download_robots_optout": "X-Robots-Tag: noai",
     "decode_unidentified": "UnidentifiedImageError: cannot identify image file", "decode_error": "OSError: broken data",
 }
+EMBED_DIM = 64
 LANGUAGES = ["en", "de", "fr", "es", "ja", "zh", "ru", "pt", "it", "nl"]
 WORDS = np.array([
     "a", "photo", "of", "the", "dog", "cat", "red", "blue", "house", "tree", "car", "street", "beach", "sunset",
     "portrait", "woman", "man", "child", "vintage", "modern", "kitchen", "garden", "mountain", "river", "city",
     "night", "light", "stock", "image", "free", "download", "wallpaper", "hd", "logo", "icon", "vector",
 ])
+
+
+# The run's config, as ingest saves it: what the audit reads for the thresholds it draws and the dedup distance.
+CONFIG = """name: synthetic
+rules:
+  caption: {min_chars: 2, max_chars: 1000}
+  image: {min_side: 64, max_aspect_ratio: 3.0}
+dedup: {perceptual: true, phash_max_distance: 4}
+clip: {enabled: true, min_score: 0.2}
+language: {backend: fasttext}
+"""
 
 
 def write_partition(folder: Path, pid: str, start: int, rows: int, rng: np.random.Generator,
@@ -104,6 +119,16 @@ def write_partition(folder: Path, pid: str, start: int, rows: int, rng: np.rando
         "clip_score": pa.array(rng.normal(0.29, 0.05, size=kept_keys.size).astype(np.float32)),
     })
     pq.write_table(decisions, folder / "_decisions" / f"{pid}.parquet", compression="zstd")
+    # CLIP embeddings of the ingest-kept pairs, as transforms/clip.py writes them: a caption close to its image
+    # (cosine about 0.3) for most, an unrelated one for 5 %.
+    image = rng.normal(size=(kept_keys.size, EMBED_DIM)).astype(np.float32)
+    image /= np.linalg.norm(image, axis=1, keepdims=True)
+    text = image + rng.normal(scale=0.4, size=image.shape)
+    unrelated = rng.random(kept_keys.size) < 0.05
+    text[unrelated] = rng.normal(size=(int(unrelated.sum()), EMBED_DIM))
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    np.savez(folder / "_candidates" / f"{pid}_embeddings.npz", key=kept_keys.astype(str),
+             image=image.astype(np.float16), text=text.astype(np.float16), weights_sha256=np.array("bench"))
 
 
 def make_output(folder: Path, rows: int, partitions: int, seed: int) -> None:
@@ -120,8 +145,22 @@ def make_output(folder: Path, rows: int, partitions: int, seed: int) -> None:
         ids.append(pid)
         write_partition(folder, pid, start, count, rng, domains)
     (folder / "_altsieve" / "select_done.json").write_text(json.dumps({"partitions": ids}))
+    (folder / "_altsieve" / "config.yaml").write_text(CONFIG)
     (folder / "manifest.json").write_text(json.dumps({"recipe": "synthetic", "versions": {"altsieve": "bench"},
                                                       "config": {"name": "synthetic"}}))
+
+
+def timed(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of a command run in a child process of its own."""
+    probe = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+             "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+             "sys.stderr.write(r.stderr[-3000:] if r.returncode else ''); sys.exit(r.returncode)")
+    result = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{command[1]} failed:\n{result.stderr}")
+    seconds, rss_kib = result.stdout.split()
+    return float(seconds), int(rss_kib) / 1024  # Linux: KiB
 
 
 def main() -> None:
@@ -130,6 +169,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", help="write the synthetic output here and keep it")
+    parser.add_argument("--compare", action="store_true", help="also time audit A --compare B on two outputs")
     args = parser.parse_args()
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="altsieve-bench-audit-"))
@@ -141,18 +181,19 @@ def main() -> None:
             size = sum(p.stat().st_size for p in output.rglob("*.parquet"))
             print(f"wrote {args.rows:,} rows in {args.partitions} partitions ({size / 2**20:.0f} MiB Parquet) "
                   f"in {time.perf_counter() - started:.1f} s", flush=True)
-        command = [str(BIN / "altsieve"), "audit", str(output), "--report", str(work / "report")]
-        started = time.perf_counter()
-        result = subprocess.run(command, capture_output=True, text=True)
-        seconds = time.perf_counter() - started
-        if result.returncode != 0:
-            raise SystemExit(f"audit failed:\n{result.stderr[-3000:]}")
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # Linux: KiB
+        seconds, peak_mib = timed([str(BIN / "altsieve"), "audit", str(output), "--report", str(work / "report")])
         data = json.loads((work / "report" / "audit.json").read_text())
         html_size = (work / "report" / "report.html").stat().st_size
-        print(result.stdout, end="")
         print(f"\naudit of {data['input_pairs']:,} rows: {seconds:.1f} s wall (statistics {data['statistics_s']} s), "
               f"peak RSS {peak_mib:.0f} MiB, report.html {html_size / 1024:.0f} KiB")
+        if args.compare:
+            other = work / "other"
+            if not (other / "_altsieve" / "select_done.json").exists():
+                make_output(other, args.rows, args.partitions, args.seed + 1)
+            seconds, peak_mib = timed([str(BIN / "altsieve"), "audit", str(output), "--compare", str(other),
+                                       "--report", str(work / "compare")])
+            print(f"audit --compare of two {args.rows:,}-row outputs: {seconds:.1f} s wall, "
+                  f"peak RSS {peak_mib:.0f} MiB")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="url column of bare Parquet (default: url)")
     audit.add_argument("--caption-col", dest="caption_col", default="caption", metavar="NAME",
                        help="caption column of bare Parquet (default: caption)")
+    audit.add_argument("--compare", metavar="B", default=None,
+                       help="a second corpus (another run, another recipe): report both side by side, their funnels, "
+                            "reason deltas, overlap of kept keys and what one kept and the other dropped "
+                            "(default: none)")
     return parser
 
 
@@ -348,7 +352,7 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
             raise ConfigError(f"unknown option {beam_args[0]} for altsieve audit (see altsieve audit --help)")
         from altsieve.pipeline.audit import audit_cli
 
-        return audit_cli(args.path, args.report, args.samples, args.url_col, args.caption_col)
+        return audit_cli(args.path, args.report, args.samples, args.url_col, args.caption_col, args.compare)
     if args.command == "recipes":
         return _recipes(args.name)
     if args.command == "serve-testcorpus":

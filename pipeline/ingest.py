@@ -49,7 +49,8 @@ def build_ingest(
     # The launcher's progress bar counts the pairs that reach the writer, per partition (transforms/progress.py).
     records = records | "Progress" >> CountRecords(output, "ingest")
     _ = records | "WriteShards" >> WriteShards(
-        output, source.save_additional_columns, config.image.encode_format, embeddings
+        output, source.save_additional_columns, config.image.encode_format, embeddings,
+        (config.audit.thumbnails_per_reason, config.audit.thumbnail_size),
     )
 
 

@@ -41,6 +41,7 @@ from altsieve.core.config import ConfigError, bucket_of
 from altsieve.core.layout import Column
 from altsieve.filters.base import RuleSet
 from altsieve.transforms.metrics import count_drops
+from altsieve.transforms.thumbnails import set_aside
 
 if TYPE_CHECKING:
     from altsieve.core.config import ClipConfig, Config, LanguageConfig
@@ -552,7 +553,8 @@ def score_records(models: _Models, config: ClipConfig, language: LanguageConfig,
         reason = rules.first_reason(record)
         if reason is not None:
             record["reason"] = reason
-            record.pop("image", None)  # a dropped pair's image stays out of the shard, as for every other rule
+            # A dropped pair's image stays out of the shard, as for every other rule; the audit may show a thumbnail.
+            set_aside(record, record.pop("image", None))
         elif config.save_embeddings:
             record[IMAGE_EMBEDDING_FIELD] = image[i].astype(np.float16)
             record[TEXT_EMBEDDING_FIELD] = text[i].astype(np.float16)

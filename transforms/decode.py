@@ -18,6 +18,7 @@ from altsieve.core.layout import Column
 from altsieve.filters.base import PairRule, RuleSet
 from altsieve.transforms.imageops import ImageDecodeError, ImageOptions, phash_to_int64, process_image
 from altsieve.transforms.metrics import count_drops
+from altsieve.transforms.thumbnails import set_aside
 
 COLUMNS = (
     Column("width", pa.int32(), "the stored image's width"),
@@ -66,6 +67,7 @@ def decode_record(
     reason = before.first_reason(record)
     if reason is not None:
         record["reason"] = reason
+        set_aside(record, body)  # the fetched file: the audit's thumbnail sample may show it
         return record
     try:
         processed = process_image(body, options)
@@ -83,6 +85,7 @@ def decode_record(
     reason = after.first_reason(record)
     if reason is not None:
         record["reason"] = reason
+        set_aside(record, processed.data)  # for the audit's thumbnail sample; never stored in the shard
         return record
     record.update(image=processed.data, width=processed.width, height=processed.height)
     return record

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from altsieve.core import fsutil, reasons
 from altsieve.core.layout import Column
 from altsieve.filters import corpus
-from altsieve.transforms import clip, decode, download, language
+from altsieve.transforms import clip, decode, download, language, thumbnails
 
 # Every row's identity and outcome; each stage declares the fields it adds (``COLUMNS`` in its module).
 RECORD_COLUMNS = (
@@ -47,7 +47,7 @@ COLUMN_NAMES = [column.name for column in COLUMNS]
 # Fields that ride along a record but are never columns: the image itself, the input's own columns
 # (folded under ``extra``), bookkeeping, and the CLIP embeddings (in _candidates/*_embeddings.npz).
 INTERNAL_FIELDS = frozenset({"image", "body", "extra", "partition_size",
-                             clip.IMAGE_EMBEDDING_FIELD, clip.TEXT_EMBEDDING_FIELD})
+                             clip.IMAGE_EMBEDDING_FIELD, clip.TEXT_EMBEDDING_FIELD, thumbnails.SET_ASIDE_FIELD})
 _NOT_IN_JSON = INTERNAL_FIELDS | {"partition_id"}
 _KNOWN_FIELDS = frozenset(COLUMN_NAMES) | INTERNAL_FIELDS
 EXTENSIONS = {"jpg": "jpg", "webp": "webp", "png": "png"}

@@ -358,6 +358,15 @@ class OutputConfig(_Section):
     format: Literal["webdataset", "parquet"] = "webdataset"
 
 
+class AuditConfig(_Section):
+    """What ingest keeps for ``altsieve audit`` beside the shards (never what a shard holds)."""
+
+    # Thumbnails (JPEG, at most thumbnail_size px, a few KB) of pairs dropped after decode, kept per reason and
+    # partition: the smallest CRC32 of the key, the same pairs the audit samples. 0: none.
+    thumbnails_per_reason: int = Field(24, ge=0, le=1000)
+    thumbnail_size: int = Field(128, ge=16, le=512)
+
+
 class Config(_Section):
     name: str = "default"
     description: str = ""
@@ -372,6 +381,7 @@ class Config(_Section):
     corpus: CorpusRulesConfig = Field(default_factory=CorpusRulesConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _consistent_bounds(self) -> Config:

@@ -26,6 +26,14 @@ def meta(output: str, name: str) -> str:
     return fsutil.join(output, META_DIR, name)
 
 
+# Beside each candidate shard: thumbnails of a few pairs per reason that were dropped after decode (for the audit).
+THUMBNAILS_SUFFIX = "_thumbs.tar"
+
+
+def thumbnails_path(output: str, partition_id: str) -> str:
+    return candidate_prefix(output, partition_id) + THUMBNAILS_SUFFIX
+
+
 def decision_path(output: str, partition_id: str) -> str:
     return fsutil.join(output, DECISIONS_DIR, f"{partition_id}.parquet")
 

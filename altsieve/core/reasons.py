@@ -206,3 +206,17 @@ def funnel(reason_counts: Mapping[str, int]) -> dict[str, Any]:
     stages.append({"stage": "kept", "remaining": remaining, "dropped": 0,
                    "percent_of_input": _percent(remaining, total), "reasons": []})
     return {"input_pairs": total, "kept": remaining, "kept_percent": _percent(remaining, total), "stages": stages}
+
+
+# --- Reasons whose pairs are never shown ----------------------------------------------------------
+# Ingest keeps a few thumbnails of the pairs dropped after decode, and the audit shows sampled pairs' images, so that
+# a reader sees what each rule removed. A pair dropped for one of these reasons is never turned into a thumbnail nor
+# shown in a gallery, whatever stage dropped it: matches of a safety list (CSAM hash lists and the like) must not be
+# copied or displayed. A safety rule declares its codes with the prefix, or adds them to NEVER_SHOWN.
+NEVER_SHOWN_PREFIXES: tuple[str, ...] = ("safety_",)
+NEVER_SHOWN: frozenset[str] = frozenset()
+
+
+def may_show_image(reason: str | None) -> bool:
+    """Whether a pair with this reason (None: kept) may have its image thumbnailed or shown."""
+    return reason is None or (reason not in NEVER_SHOWN and not reason.startswith(NEVER_SHOWN_PREFIXES))
