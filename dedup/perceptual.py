@@ -24,22 +24,10 @@ from altsieve.core import reasons
 from altsieve.dedup.banding import DEFAULT_SHARD_BITS, BandedPairs
 from altsieve.dedup.resolve import DEFAULT_ROUNDS, drops_from_edges
 from altsieve.filters.corpus import CorpusRule
+from altsieve.filters.hashing import band_layout
 
 # Above this many hashes in one band group, faiss's binary range search replaces the n x n numpy matrix.
 _NUMPY_MAX_GROUP = 1024
-
-
-def band_layout(n_bands: int) -> list[tuple[int, int]]:
-    """``(shift, width)`` of each band: 64 bits cut into ``n_bands`` bands whose widths differ by at most one."""
-    if not 1 <= n_bands <= 64:
-        raise ValueError(f"n_bands must be within 1..64, got {n_bands}")
-    base, extra = divmod(64, n_bands)
-    layout, shift = [], 0
-    for band in range(n_bands):
-        width = base + (1 if band < extra else 0)
-        layout.append((shift, width))
-        shift += width
-    return layout
 
 
 def hamming_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ Order, each rule seeing what the ones before kept:
 1. decontamination: an evaluation image must go whatever else it duplicates, and be counted as such;
 2. exact (URL + caption, URL, image sha256): cheapest and certain, and they thin the corpus for the rest;
 3. perceptual (pHash): the same picture re-encoded, resized, lightly edited;
+   then crop-robust (signature neighbours verified by ORB + RANSAC): crops and overlays pHash misses;
 4. semantic (CLIP embeddings): the same content in a different picture;
 5. captions (MinHash): the same text on different images, last because it is the least about the image.
 
@@ -69,6 +70,13 @@ def dedup_rules(config: Config, output: str | None) -> list[tuple[str, CorpusRul
         from altsieve.dedup.perceptual import PerceptualDuplicateFilter
 
         rules.append(("PerceptualDuplicates", PerceptualDuplicateFilter(dedup.phash_max_distance, dedup.phash_bands)))
+    if dedup.crop.enabled and output is not None:
+        from altsieve.dedup.crop import CropDuplicateFilter
+
+        _require("faiss", "dedup.crop.enabled")
+        crop = dedup.crop
+        rules.append(("CropDuplicates", CropDuplicateFilter(
+            output, crop.neighbours, crop.descriptor_votes, crop.n_clusters, crop.sample_size, crop.seed)))
     if dedup.semantic.enabled:
         from altsieve.dedup.semantic import SemanticDuplicateFilter
 

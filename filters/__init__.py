@@ -7,7 +7,10 @@ Importing this package defines (and so registers) every per-pair rule, stage by 
 from altsieve.filters import (
     caption,  # noqa: F401, I001  (caption rules)
     clip,  # noqa: F401  (CLIP rules)
+    content,  # noqa: F401  (image-content rules)
+    heads,  # noqa: F401  (CLIP-embedding heads)
     image,  # noqa: F401  (image rules)
+    safety,  # noqa: F401  (safety lists)
     text,  # noqa: F401  (text and language rules)
     url,  # noqa: F401  (input rows)
 )

@@ -13,6 +13,8 @@ from altsieve.pipeline.extract import CrawlInputs, prepare_crawl_inputs
 from altsieve.transforms.clip import ClipScore, model_identity, record_model_identity
 from altsieve.transforms.decode import Decode
 from altsieve.transforms.download import Download
+from altsieve.transforms.heads import ClipHeads
+from altsieve.transforms.image_content import ImageContent
 from altsieve.transforms.language import LanguageTag
 from altsieve.transforms.progress import CountRecords
 from altsieve.transforms.read_inputs import InputFile, ReadPartitions, iter_rows, list_input_files, sniff_input
@@ -40,8 +42,12 @@ def build_ingest(
         | "TextRules" >> TextRules(config)
         | "Download" >> Download(config.download)
         | "Decode" >> Decode(config)
+        # The picture itself (crop-dedup features, text area, faces): after the cheap image rules, before any model.
+        | "ImageContent" >> ImageContent(config)
         # Last: the model sees only the pairs every cheaper rule kept.
         | "ClipScore" >> ClipScore(config, clip_sha256)
+        # Heads on the image embeddings ClipScore left on each record (aesthetic, NSFW).
+        | "ClipHeads" >> ClipHeads(config)
     )
     embeddings = None
     if clip_identity is not None and config.clip.save_embeddings:
@@ -50,13 +56,14 @@ def build_ingest(
     records = records | "Progress" >> CountRecords(output, "ingest")
     _ = records | "WriteShards" >> WriteShards(
         output, source.save_additional_columns, config.image.encode_format, embeddings,
-        (config.audit.thumbnails_per_reason, config.audit.thumbnail_size),
+        (config.audit.thumbnails_per_reason, config.audit.thumbnail_size), config.dedup.crop.enabled,
     )
 
 
 # Sections that decide what a partition's shard holds. Download settings (timeouts, retries,
 # concurrency) may change between a run and its resumption: they change how, not what.
-CONTENT_SECTIONS = {"input", "image", "rules", "language", "dedup", "corpus", "clip", "output"}
+CONTENT_SECTIONS = {"input", "image", "rules", "language", "dedup", "corpus", "clip", "output",
+                    "safety", "content", "heads", "metaclip", "image_clusters"}
 
 
 def check_config_matches(output: str, config: Config) -> None:

@@ -6,6 +6,7 @@ on the upright original, so a pair dropped for its size still records its dimens
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
@@ -16,6 +17,7 @@ from altsieve.core import reasons
 from altsieve.core.config import Config, ImageConfig
 from altsieve.core.layout import Column
 from altsieve.filters.base import PairRule, RuleSet
+from altsieve.filters.safety import scrub
 from altsieve.transforms.imageops import ImageDecodeError, ImageOptions, phash_to_int64, process_image
 from altsieve.transforms.metrics import count_drops
 from altsieve.transforms.thumbnails import set_aside
@@ -30,6 +32,11 @@ COLUMNS = (
     Column("phash", pa.int64(), "64-bit perceptual hash of the upright original"),
     Column("original_format", pa.string(), "the fetched file's image format (JPEG, PNG, ...)"),
 )
+
+
+def needs_pixels(config: Config) -> bool:
+    """Whether a stage after Decode looks at the picture (transforms/image_content.py)."""
+    return config.dedup.crop.enabled or config.content.text.enabled or config.content.faces.enabled
 
 
 def image_options(config: ImageConfig) -> ImageOptions:
@@ -57,13 +64,31 @@ def image_rule_sets(config: Config) -> tuple[RuleSet, RuleSet]:
             RuleSet.for_stages(config, reasons.IMAGE, when=_after_decode))
 
 
+def safety_rule_sets(config: Config) -> tuple[RuleSet, RuleSet]:
+    """The safety lists on the fetched bytes (MD5, SHA-256) and on the pHash (filters/safety.py)."""
+    return (RuleSet.for_stages(config, reasons.SAFETY, when=_before_decode),
+            RuleSet.for_stages(config, reasons.SAFETY, when=_after_decode))
+
+
+# The record field carrying the resized upright pixels to the image-content stage after Decode (never a column).
+PIXELS_FIELD = "pixels"
+
+
 def decode_record(
-    record: dict[str, Any], options: ImageOptions, before: RuleSet, after: RuleSet
+    record: dict[str, Any], options: ImageOptions, before: RuleSet, after: RuleSet,
+    safety: tuple[RuleSet, RuleSet] | None = None,
 ) -> dict[str, Any]:
-    """Fill the image fields of a fetched record, or its reason; the fetched bytes are released."""
+    """Fill the image fields of a fetched record, or its reason; the fetched bytes are released.
+
+    ``safety`` (on the bytes, on the pHash): a listed file leaves only its key and reason (filters/safety.py).
+    """
     body = record.pop("body", None)
     if record.get("reason") is not None or body is None:
         return record
+    if safety is not None and safety[0]:
+        reason = safety[0].first_reason({**record, "body": body})
+        if reason is not None:
+            return scrub(record, reason)
     reason = before.first_reason(record)
     if reason is not None:
         record["reason"] = reason
@@ -82,12 +107,18 @@ def decode_record(
         sha256=processed.sha256,
         phash=phash_to_int64(processed.phash),
     )
+    if safety is not None and safety[1]:
+        reason = safety[1].first_reason(record)
+        if reason is not None:
+            return scrub(record, reason)
     reason = after.first_reason(record)
     if reason is not None:
         record["reason"] = reason
         set_aside(record, processed.data)  # for the audit's thumbnail sample; never stored in the shard
         return record
     record.update(image=processed.data, width=processed.width, height=processed.height)
+    if processed.content is not None:
+        record[PIXELS_FIELD] = processed.content
     return record
 
 
@@ -97,12 +128,13 @@ class _DecodeRecord(beam.DoFn):
         self._decoded = Metrics.counter("altsieve", "pairs_decoded")
 
     def setup(self) -> None:
-        self._options = image_options(self._config.image)
+        self._options = replace(image_options(self._config.image), keep_content=needs_pixels(self._config))
         self._before, self._after = image_rule_sets(self._config)
+        self._safety = safety_rule_sets(self._config)
 
     def process(self, record: dict[str, Any]):
         fetched = record.get("body") is not None and record.get("reason") is None
-        record = decode_record(record, self._options, self._before, self._after)
+        record = decode_record(record, self._options, self._before, self._after, self._safety)
         if fetched and record.get("image") is not None:
             self._decoded.inc()
         yield record
@@ -110,6 +142,8 @@ class _DecodeRecord(beam.DoFn):
     def finish_bundle(self) -> None:
         count_drops(self._before)
         count_drops(self._after)
+        for rules in self._safety:
+            count_drops(rules)
 
 
 class Decode(beam.PTransform):

@@ -43,6 +43,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageOptions",
     "ProcessedImage",
+    "encode",
     "RESIZE_MODES",
     "ENCODE_FORMATS",
     "hamming64",
@@ -101,6 +102,9 @@ class ImageOptions:
     max_image_pixels: int = 89_478_485
     background: tuple[int, int, int] = (255, 255, 255)
     extract_exif: bool = True
+    # Keep the resized upright pixels (before any border or crop) in ProcessedImage.content, for the stages
+    # after Decode that look at the picture (crop-robust dedup features, text and face detection).
+    keep_content: bool = False
 
     def __post_init__(self) -> None:
         # Fail when the pipeline is built, not on the first image of a worker.
@@ -137,6 +141,7 @@ class ProcessedImage:
     exif: str | None  # compact JSON object of tag name -> value (img2dataset's exif column), None when absent
     phash: int  # 64-bit perceptual hash, unsigned, in [0, 2**64); phash_to_int64 for Parquet int64 columns
     sha256: str  # hex digest of the input bytes
+    content: np.ndarray | None = None  # with ImageOptions.keep_content: uint8 RGB (or grey) [h, w(, 3)], no border
 
 
 class ImageDecodeError(Exception):
@@ -487,6 +492,11 @@ def _plan_resize(width: int, height: int, options: ImageOptions) -> tuple[tuple[
     return (max(1, round(width * scale)), max(1, round(height * scale))), downscale
 
 
+def encode(bgr: np.ndarray, options: ImageOptions) -> bytes:
+    """A BGR uint8 image encoded as ``options`` say (format, quality): what the stored image of a record is."""
+    return _encode(bgr, options)
+
+
 def _encode(bgr: np.ndarray, options: ImageOptions) -> bytes:
     if options.encode_format == "jpg":
         params = [cv2.IMWRITE_JPEG_QUALITY, options.encode_quality]
@@ -636,4 +646,5 @@ def _process(data: bytes, options: ImageOptions) -> ProcessedImage:
         exif=exif_json,
         phash=phash,
         sha256=sha256,
+        content=arr if options.keep_content else None,
     )

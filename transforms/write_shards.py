@@ -24,6 +24,7 @@ from apache_beam.metrics import Metrics
 
 from altsieve.core import fsutil
 from altsieve.core.layout import candidate_prefix, marker_path, thumbnails_path
+from altsieve.transforms import crop_features
 from altsieve.transforms.clip import EMBEDDINGS_SUFFIX, partition_embeddings, write_partition_embeddings
 from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
 from altsieve.transforms.thumbnails import ThumbnailSample, read_thumbnails
@@ -48,10 +49,12 @@ def _merge_with_existing(prefix: str, records: list[dict[str, Any]], extra_colum
 
 class _WriteCandidate(beam.DoFn):
     def __init__(self, output: str, extra_columns: list[str], encode_format: str,
-                 clip_embeddings: tuple[int, str] | None = None, thumbnails: tuple[int, int] = (0, 128)) -> None:
+                 clip_embeddings: tuple[int, str] | None = None, thumbnails: tuple[int, int] = (0, 128),
+                 crop: bool = False) -> None:
         self._output, self._extra, self._format = output, extra_columns, encode_format
         self._clip = clip_embeddings
         self._thumbnails = thumbnails
+        self._crop = crop
         self._partitions = Metrics.counter("altsieve", "partitions_written")
         self._bytes_written = Metrics.counter("altsieve", "bytes_written")
 
@@ -101,6 +104,9 @@ class _WriteCandidate(beam.DoFn):
             write_partition_embeddings(path, *arrays, weights_sha256)
         if len(sample):  # thumbnails of dropped pairs for the audit, before the marker like the rest
             sample.write(thumbs)
+        if self._crop:  # the crop-robust dedup rule's features of the kept pairs (transforms/crop_features.py)
+            path = prefix + crop_features.CROP_SUFFIX
+            crop_features.write_partition(path, records, previous=path if attempts > 1 else None)
         fsutil.write_json(marker, {"partition_id": partition_id, "attempts": attempts, **stats})
         self._partitions.inc()
         return partition_id, stats
@@ -111,16 +117,19 @@ class WriteShards(beam.PTransform):
 
     ``clip_embeddings`` (embedding width, weights sha256): also write ``{partition}_embeddings.npz``.
     ``thumbnails`` (per reason, size in px): also write ``{partition}_thumbs.tar``, the thumbnails of a few
-    pairs per reason dropped after decode (transforms/thumbnails.py).
+    pairs per reason dropped after decode (transforms/thumbnails.py). ``crop``: also ``{partition}_crop.npz``
+    (dedup.crop).
     """
 
     def __init__(self, output: str, extra_columns: list[str], encode_format: str,
-                 clip_embeddings: tuple[int, str] | None = None, thumbnails: tuple[int, int] = (0, 128)) -> None:
+                 clip_embeddings: tuple[int, str] | None = None, thumbnails: tuple[int, int] = (0, 128),
+                 crop: bool = False) -> None:
         super().__init__()
         self._output, self._extra, self._format = output, extra_columns, encode_format
         self._clip = clip_embeddings
         self._thumbnails = thumbnails
+        self._crop = crop
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         return records | "Write" >> beam.ParDo(
-            _WriteCandidate(self._output, self._extra, self._format, self._clip, self._thumbnails))
+            _WriteCandidate(self._output, self._extra, self._format, self._clip, self._thumbnails, self._crop))

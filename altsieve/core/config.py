@@ -209,6 +209,26 @@ class DecontaminationConfig(_Section):
     clip_min_cosine: float = Field(0.975, gt=0.0, le=1.0)  # ALIGN: 0.975 on its own embeddings
 
 
+class CropDedupConfig(_Section):
+    """Crop-robust near duplicates (dedup/crop.py): crops, resizes, re-encodes, brightness, small overlays.
+
+    Ingest keeps a signature and ORB features of every kept image (``_candidates/{partition}_crop.npz``); the select
+    pass takes each image's ``neighbours`` nearest by signature within its k-means cluster and keeps the pairs whose
+    ORB matches fit a crop-or-resize transform under which the pixels agree (transforms/crop_features.py).
+    """
+
+    enabled: bool = False
+    neighbours: int = Field(8, ge=1, le=64)  # candidates per image by signature (each verified by ORB + RANSAC)
+    # And the images sharing most ORB descriptors with it (0: none): they find the heavy crops the signature ranks
+    # low (test corpus, 2 sides cut: signature top 8 finds 0.95, with 4 by votes 1.00), at ~15 ms an image.
+    descriptor_votes: int = Field(4, ge=0, le=64)
+    # Clusters of the signatures: each is one worker's group, its pairs compared by signature; ~1,000 images each at
+    # 1M pairs (the project's choice). Fewer are used for a small sample (>= 40 sample points each).
+    n_clusters: int = Field(1000, ge=1)
+    sample_size: int = Field(100_000, ge=1)  # k-means trains on this many signatures (a seeded uniform sample)
+    seed: int = 0
+
+
 class DedupConfig(_Section):
     # Exact duplicates of the fetched bytes; the smallest key of a group is kept, so reruns agree.
     exact_sha256: bool = True
@@ -226,6 +246,7 @@ class DedupConfig(_Section):
     semantic: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
     caption_minhash: CaptionMinHashConfig = Field(default_factory=CaptionMinHashConfig)
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
+    crop: CropDedupConfig = Field(default_factory=CropDedupConfig)
 
     @model_validator(mode="after")
     def _bands_cover_distance(self) -> DedupConfig:
@@ -349,6 +370,160 @@ class ClipConfig(_Section):
     save_embeddings: bool = True
 
 
+# --- Safety lists, image content, CLIP-embedding heads, MetaCLIP, DataComp's image-based filter -------------------
+
+
+class SafetyConfig(_Section):
+    """User-supplied hash lists (e.g. of known abuse material): a match is dropped as soon as it is fetched or
+    hashed, before anything is written, and only counted (its row keeps the key and the reason, nothing else)."""
+
+    # Files of hex digests of the fetched bytes, one a line (# comments, blank lines and an optional "md5:" /
+    # "sha256:" prefix allowed).
+    md5_files: list[str] = Field(default_factory=list)
+    sha256_files: list[str] = Field(default_factory=list)
+    # Files of 64-bit pHashes (16 hex digits, or a signed decimal as the Parquet phash column holds), one a line.
+    phash_files: list[str] = Field(default_factory=list)
+    phash_max_distance: int = Field(4, ge=0, le=32)
+
+    @field_validator("md5_files", "sha256_files", "phash_files")
+    @classmethod
+    def _files_exist(cls, value: list[str], info: Any) -> list[str]:
+        for path in value:
+            _local_file_must_exist(path, f"safety.{info.field_name}")
+        return value
+
+
+class TextAreaConfig(_Section):
+    """Text in the image (T-MARS, Maini et al. 2023): the share of the image a text detector covers."""
+
+    enabled: bool = False
+    # Drop a pair whose text-area share is above this (content_text_area); None: scored only.
+    max_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    # A DB text-detection model (ONNX, PaddleOCR's output: a text-probability map); None: the PP-OCRv6 detector that
+    # ships inside the rapidocr wheel.
+    model_path: str | None = None
+    input_size: int = Field(256, ge=32, le=2048)  # the detector sees the image scaled to this on its longer side
+    threshold: float = Field(0.3, gt=0.0, lt=1.0)  # a pixel is text when the map is above this (PaddleOCR: 0.3)
+    device: str = "cpu"  # cuda: OpenCV's CUDA DNN backend, where OpenCV was built with CUDA
+    batch_size: int = Field(16, ge=1)
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_exists(cls, value: str | None) -> str | None:
+        return _local_file_must_exist(value, "content.text.model_path")
+
+
+class FacesConfig(_Section):
+    """Faces (OpenCV's Haar cascade, shipped in opencv-python-headless): boxes recorded, optionally blurred."""
+
+    enabled: bool = False
+    # A cascade XML file; None: haarcascade_frontalface_alt.xml from OpenCV's data folder.
+    cascade_path: str | None = None
+    min_size: int = Field(24, ge=8)  # smallest face side, in pixels of the stored image
+    min_neighbors: int = Field(3, ge=0)  # OpenCV's detectMultiScale: more = fewer, surer detections
+    # Blur each face in the stored image (DataComp blurred faces in its released pools).
+    blur: bool = False
+    # Drop a pair showing more than this many faces (content_faces); None: recorded only.
+    max_faces: int | None = Field(None, ge=0)
+
+    @field_validator("cascade_path")
+    @classmethod
+    def _cascade_exists(cls, value: str | None) -> str | None:
+        return _local_file_must_exist(value, "content.faces.cascade_path")
+
+
+class ContentConfig(_Section):
+    """Per-pair image-content stages of the ingest pass, after Decode (the picture is at hand, no model yet)."""
+
+    text: TextAreaConfig = Field(default_factory=TextAreaConfig)
+    faces: FacesConfig = Field(default_factory=FacesConfig)
+
+
+class HeadConfig(_Section):
+    """A small model on the CLIP image embedding (LAION's aesthetic predictor, its CLIP-based NSFW detector)."""
+
+    enabled: bool = False
+    # The head's weights: a torch state dict of a Linear layer or an MLP (LAION's files load as they are), a
+    # TorchScript file, or a .npz of layer matrices; made for the run's CLIP model (LAION's: ViT-L/14).
+    weights: str | None = None
+    # For a state dict or .npz: what comes between its Linear layers (LAION's aesthetic MLP has none) and after the
+    # last (sigmoid: a probability, as LAION's NSFW detector gives).
+    activation: Literal["none", "relu"] = "none"
+    output: Literal["raw", "sigmoid"] = "raw"
+    normalize: bool = True  # L2-normalise the embedding first (LAION's heads expect unit embeddings)
+    min_score: float | None = None  # drop below (heads_aesthetic); None: scored only
+    max_score: float | None = None  # drop above (heads_nsfw); None: scored only
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_exist(cls, value: str | None) -> str | None:
+        return _local_file_must_exist(value, "heads.*.weights")
+
+    @model_validator(mode="after")
+    def _weights_when_enabled(self) -> HeadConfig:
+        if self.enabled and self.weights is None:
+            raise ValueError("a head needs its weights file (weights: path)")
+        return self
+
+
+class HeadsConfig(_Section):
+    """Heads on the image embeddings ClipScore leaves on each record (clip.enabled and clip.save_embeddings)."""
+
+    aesthetic: HeadConfig = Field(default_factory=HeadConfig)
+    nsfw: HeadConfig = Field(default_factory=HeadConfig)
+    device: str = "cpu"  # "cuda" where a GPU is at hand
+    batch_size: int = Field(256, ge=1)
+
+
+class MetaClipConfig(_Section):
+    """MetaCLIP curation (Xu et al. 2023): captions matched against an entry list, balanced with a per-entry cap."""
+
+    enabled: bool = False
+    # One entry a line (MetaCLIP: 500K entries from WordNet, Wikipedia unigrams, bigrams and titles).
+    entries_file: str | None = None
+    # An entry matched by more than t pairs keeps each with probability t / count (the paper: t = 20,000).
+    t: int = Field(20_000, ge=1)
+    lowercase: bool = False  # match on lower-cased captions and entries (the project's option; the paper: as is)
+    seed: int = 0  # the per-(pair, entry) draw is a seeded hash: reruns keep the same pairs
+
+    @field_validator("entries_file")
+    @classmethod
+    def _entries_exist(cls, value: str | None) -> str | None:
+        return _local_file_must_exist(value, "metaclip.entries_file")
+
+    @model_validator(mode="after")
+    def _entries_when_enabled(self) -> MetaClipConfig:
+        if self.enabled and self.entries_file is None:
+            raise ValueError("metaclip needs entries_file (one entry a line)")
+        return self
+
+
+class ImageClustersConfig(_Section):
+    """DataComp's image-based filter: k-means on the CLIP image embeddings; keep the pairs of the clusters that are
+    the nearest cluster of at least one reference embedding (DataComp: ImageNet-1k's training images)."""
+
+    enabled: bool = False
+    # Reference image embeddings made with the run's CLIP model: .npy [N, D] or .npz with an `image` array.
+    reference_embeddings: list[str] = Field(default_factory=list)
+    # DataComp: 100,000 clusters for its 12.8B pool; the project's default for ~1M pairs. Fewer for a small sample.
+    n_clusters: int = Field(1000, ge=1)
+    sample_size: int = Field(100_000, ge=1)
+    seed: int = 0
+
+    @field_validator("reference_embeddings")
+    @classmethod
+    def _references_exist(cls, value: list[str]) -> list[str]:
+        for path in value:
+            _local_file_must_exist(path, "image_clusters.reference_embeddings")
+        return value
+
+    @model_validator(mode="after")
+    def _references_when_enabled(self) -> ImageClustersConfig:
+        if self.enabled and not self.reference_embeddings:
+            raise ValueError("image_clusters needs reference_embeddings (e.g. ImageNet's, by the run's CLIP model)")
+        return self
+
+
 class OutputConfig(_Section):
     samples_per_shard: int = Field(10_000, ge=1)
     # One output tree per language bucket (see language.buckets): OUTPUT/lang=en/00000.tar, OUTPUT/lang=zh/...
@@ -382,6 +557,11 @@ class Config(_Section):
     clip: ClipConfig = Field(default_factory=ClipConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    content: ContentConfig = Field(default_factory=ContentConfig)
+    heads: HeadsConfig = Field(default_factory=HeadsConfig)
+    metaclip: MetaClipConfig = Field(default_factory=MetaClipConfig)
+    image_clusters: ImageClustersConfig = Field(default_factory=ImageClustersConfig)
 
     @model_validator(mode="after")
     def _consistent_bounds(self) -> Config:
@@ -404,6 +584,12 @@ class Config(_Section):
         ]
         if needs_labels and not self.language.enabled:
             raise ValueError(f"{', '.join(needs_labels)} need language labels: set language.enabled to true")
+        needs_embeddings = [name for name, on in [
+            ("heads.aesthetic", self.heads.aesthetic.enabled), ("heads.nsfw", self.heads.nsfw.enabled),
+            ("image_clusters", self.image_clusters.enabled)] if on]
+        if needs_embeddings and not (self.clip.enabled and self.clip.save_embeddings):
+            raise ValueError(f"{', '.join(needs_embeddings)} read the CLIP image embeddings: set clip.enabled and "
+                             "clip.save_embeddings to true")
         return self
 
 

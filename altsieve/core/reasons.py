@@ -67,6 +67,19 @@ CLIP_SCORE_BELOW_QUANTILE = "clip_score_below_quantile"  # select: outside the c
 CLIP_NSFW = "clip_nsfw"  # zero-shot NSFW probability above clip.tags.drop_nsfw_above (tags only by default)
 CLIP_WATERMARK = "clip_watermark"  # zero-shot watermark probability above clip.tags.drop_watermark_above
 
+# Safety lists (safety.*): a fetched file on a user-supplied hash list. Dropped before anything is written, and
+# never stored: the row keeps its key and this reason only (no URL, caption, image, hash, embedding or thumbnail).
+SAFETY_HASH_LIST = "safety_hash_list"  # MD5 or SHA-256 of the fetched bytes on safety.md5_files / sha256_files
+SAFETY_PHASH_LIST = "safety_phash_list"  # pHash within safety.phash_max_distance of safety.phash_files
+
+# Image content (content.*, ingest, after Decode)
+CONTENT_TEXT_AREA = "content_text_area"  # text covers more than content.text.max_ratio of the image (T-MARS)
+CONTENT_FACES = "content_faces"  # more than content.faces.max_faces faces
+
+# Heads on the CLIP image embedding (heads.*)
+HEADS_AESTHETIC = "heads_aesthetic"  # aesthetic score below heads.aesthetic.min_score
+HEADS_NSFW = "heads_nsfw"  # NSFW score above heads.nsfw.max_score
+
 # Corpus-wide rules (select pass)
 DUPLICATE_SHA256 = "duplicate_sha256"
 # Deduplication (dedup/): every code starts with "duplicate_" so the funnel groups them; duplicate_of names the pair
@@ -77,6 +90,11 @@ DUPLICATE_PHASH = "duplicate_phash"  # 64-bit pHash within dedup.phash_max_dista
 DUPLICATE_SEMANTIC = "duplicate_semantic"  # CLIP image embedding cosine >= 1 - eps with a kept pair (SemDeDup)
 DUPLICATE_CAPTION = "duplicate_caption"  # caption MinHash Jaccard >= threshold with a kept pair
 DUPLICATE_EVAL_SET = "duplicate_eval_set"  # pHash or CLIP embedding too close to an evaluation image
+DUPLICATE_CROP = "duplicate_crop"  # a crop, resize, re-encode or overlay of a kept pair (ORB + RANSAC verified)
+# MetaCLIP curation (metaclip.*) and DataComp's image-based filter (image_clusters.*), select pass
+METACLIP_NO_ENTRY = "metaclip_no_entry"  # the caption contains no entry of the list
+METACLIP_BALANCED = "metaclip_balanced"  # every entry it matched is over the cap t and none drew it
+IMAGE_CLUSTER_FAR = "image_cluster_far"  # its k-means cluster is nobody's nearest from the reference embeddings
 CORPUS_CAPTION_SHARED = "corpus_caption_shared"  # the caption is on more than N distinct images
 CORPUS_IMAGE_MANY_CAPTIONS = "corpus_image_many_captions"  # the image (sha256) has more than N distinct captions
 CORPUS_RARE_TOKEN = "corpus_rare_token"  # a unigram or bigram outside the corpus's top K
@@ -141,6 +159,7 @@ class Stage:
 
 INPUT, CAPTION, TEXT, DOWNLOAD, DECODE, IMAGE, CLIP, CORPUS, DEDUP = (
     "input", "caption", "text", "download", "decode", "image", "clip", "corpus", "dedup")
+SAFETY, CONTENT, HEADS, BALANCE = "safety", "content", "heads", "balance"
 
 FUNNEL: tuple[Stage, ...] = (
     Stage(INPUT, "valid input row", (URL_MISSING, URL_INVALID, URL_SCHEME_NOT_ALLOWED), always_shown=True),
@@ -154,14 +173,20 @@ FUNNEL: tuple[Stage, ...] = (
         DOWNLOAD_CONNECTION_ERROR, DOWNLOAD_TOO_LARGE, DOWNLOAD_TOO_MANY_REDIRECTS, DOWNLOAD_BLOCKED_ADDRESS,
         DOWNLOAD_ROBOTS_OPTOUT, DOWNLOAD_DNS_ERROR, DOWNLOAD_HASH_MISMATCH, DOWNLOAD_ERROR,
     ), always_shown=True),
+    # Checked on the fetched bytes (MD5, SHA-256) and right after hashing (pHash), before anything is kept.
+    Stage(SAFETY, "safety lists", (SAFETY_HASH_LIST, SAFETY_PHASH_LIST)),
     Stage(DECODE, "decoded", (DECODE_UNIDENTIFIED, DECODE_ERROR, DECODE_TRUNCATED, DECODE_BOMB), always_shown=True),
     Stage(IMAGE, "image rules", (IMAGE_FILE_TOO_SMALL, IMAGE_TOO_SMALL, IMAGE_ASPECT_RATIO, IMAGE_TOO_FEW_PIXELS,
                                  IMAGE_TOO_MANY_PIXELS)),
+    Stage(CONTENT, "image content", (CONTENT_TEXT_AREA, CONTENT_FACES)),
     Stage(CLIP, "CLIP rules", (CLIP_SCORE_BELOW_THRESHOLD, CLIP_NSFW, CLIP_WATERMARK, CLIP_SCORE_BELOW_QUANTILE)),
+    Stage(HEADS, "embedding heads", (HEADS_AESTHETIC, HEADS_NSFW)),
     # The select pass: corpus-wide text rules, then deduplication.
     Stage(CORPUS, "corpus-wide text rules", (CORPUS_CAPTION_SHARED, CORPUS_IMAGE_MANY_CAPTIONS, CORPUS_RARE_TOKEN)),
     Stage(DEDUP, "deduplicated", (DUPLICATE_EVAL_SET, DUPLICATE_URL_CAPTION, DUPLICATE_URL, DUPLICATE_SHA256,
-                                  DUPLICATE_PHASH, DUPLICATE_SEMANTIC, DUPLICATE_CAPTION)),
+                                  DUPLICATE_PHASH, DUPLICATE_CROP, DUPLICATE_SEMANTIC, DUPLICATE_CAPTION)),
+    # After deduplication (a copy would count twice for its entries, or weigh twice in its cluster).
+    Stage(BALANCE, "MetaCLIP and image-based curation", (METACLIP_NO_ENTRY, METACLIP_BALANCED, IMAGE_CLUSTER_FAR)),
 )
 OTHER_STAGE = Stage("other", "other rules", ())
 _STAGE_OF: dict[str, Stage] = {code: stage for stage in FUNNEL for code in stage.reasons}

@@ -5,10 +5,12 @@ answers every path the way the label says (404s, throttling, redirects, stalls, 
 """
 
 from altsieve.testcorpus.generator import (
+    ALL_LABELS,
     BOILERPLATE_CAPTIONS,
     EXPECTED_REASON,
     INPUT_FORMATS,
     LABELS,
+    OPT_IN_LABELS,
     SHARED_CAPTIONS,
     CorpusPair,
     ImageRecipe,
@@ -39,7 +41,9 @@ __all__ = [
     "COLOURS",
     "EXPECTED_REASON",
     "INPUT_FORMATS",
+    "ALL_LABELS",
     "LABELS",
+    "OPT_IN_LABELS",
     "LANGUAGES",
     "POSITIONS",
     "SHAPES",

@@ -28,7 +28,7 @@ from typing import IO, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 from altsieve.core import reasons
 from altsieve.testcorpus.scenes import (
@@ -80,6 +80,15 @@ LABELS: tuple[str, ...] = (
     "bad_url",
     "ftp_url",
 )
+# Labels a corpus holds only when ``label_counts`` asks for them (the default mix, and so every figure measured
+# on it, stays as it was): the planted kinds of the image-content and crop-robust rules.
+OPT_IN_LABELS: tuple[str, ...] = (
+    "near_dup_cropped_side",  # 5-20 % cut off one or two sides (any), the rest of the original
+    "near_dup_overlay",  # a small box with text laid over a corner (a logo, a watermark, a price tag)
+    "text_overlay",  # a scene with large text lines over a good part of it (T-MARS's text-only images)
+    "face",  # a scene with a drawn face (the face rule and blurring)
+)
+ALL_LABELS: tuple[str, ...] = (*LABELS, *OPT_IN_LABELS)
 
 # (minimum count, share of the corpus) per non-clean label; "clean" takes the rest.
 # Stalled/slow/bomb are rarer so that a 100k benchmark does not spend its time waiting on them.
@@ -120,10 +129,12 @@ _LABEL_RATES: dict[str, tuple[int, float]] = {
     "empty_caption": (1, 0.005),
     "bad_url": (1, 0.005),
     "ftp_url": (1, 0.005),
+    **{label: (0, 0.0) for label in OPT_IN_LABELS},
 }
 # Labels that point at an earlier clean pair (their ``duplicate_of``): the first pair is always clean.
 _NEEDS_CLEAN_ORIGINAL = frozenset(
-    {"exact_duplicate", "near_dup_reencoded", "near_dup_resized", "near_dup_cropped", "near_dup_brightened"}
+    {"exact_duplicate", "near_dup_reencoded", "near_dup_resized", "near_dup_cropped", "near_dup_brightened",
+     "near_dup_cropped_side", "near_dup_overlay"}
 )
 # At least this share of a corpus stays clean, however small it is.
 _MIN_CLEAN_SHARE = 0.3
@@ -245,9 +256,12 @@ class ImageRecipe:
     height: int
     kind: str = "jpeg"  # jpeg, cmyk_jpeg, exif_rotated, palette_png, alpha_png, gif, webp
     quality: int = 90
-    transform: str = ""  # "", resize75, crop5, bright110
+    # "", resize75, crop5, bright110, crop:L,T,R,B (per mille of the width/height cut off each side),
+    # overlay:CORNER (a small text box in corner 0-3)
+    transform: str = ""
     damage: str = ""  # "", corrupt, truncate60
     texture: bool = False
+    decoration: str = ""  # "", text (draw_text_overlay), face (draw_face): drawn on the scene, seeded by its variant
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,8 +277,82 @@ def _crop_margin(size: int) -> int:
     return round(size * 0.025)
 
 
+def _crop_box(transform: str, width: int, height: int) -> tuple[int, int, int, int]:
+    """``crop:L,T,R,B`` (per mille of the side cut off the left, top, right, bottom) as a Pillow box."""
+    left, top, right, bottom = (int(v) for v in transform.removeprefix("crop:").split(","))
+    return (round(width * left / 1000), round(height * top / 1000),
+            width - round(width * right / 1000), height - round(height * bottom / 1000))
+
+
+OVERLAY_TEXTS: tuple[str, ...] = ("(c) photo", "SALE", "stock", "logo", "www.shop")
+TEXT_OVERLAY_LINES: tuple[str, ...] = ("BIG SALE TODAY", "50% OFF ALL", "CALL 555 0199", "FREE SHIPPING",
+                                       "NEW ARRIVALS", "BEST PRICES")
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)  # Pillow's bundled font: no file outside the package
+
+
+def _overlay(image: Image.Image, corner: int, seed: int) -> Image.Image:
+    """A small box with a word, as a logo or watermark sits: ~22 % of the width, ~9 % of the height, in a corner."""
+    width, height = image.size
+    box_w, box_h = max(8, round(width * 0.22)), max(6, round(height * 0.09))
+    x0 = round(width * 0.03) if corner in (0, 3) else width - box_w - round(width * 0.03)
+    y0 = round(height * 0.03) if corner in (0, 1) else height - box_h - round(height * 0.03)
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((x0, y0, x0 + box_w, y0 + box_h), fill=(250, 250, 250))
+    text = OVERLAY_TEXTS[seed % len(OVERLAY_TEXTS)]
+    draw.text((x0 + 3, y0 + 1), text, fill=(20, 20, 20), font=_font(max(6, box_h - 4)))
+    return out
+
+
+def draw_text_overlay(image: Image.Image, seed: int) -> Image.Image:
+    """Two or three lines of large text over the scene, as on ads and memes (T-MARS drops such pairs)."""
+    rng = random.Random(seed)
+    width, height = image.size
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    lines = rng.sample(TEXT_OVERLAY_LINES, rng.randint(2, 3))
+    size = max(8, round(height * 0.11))
+    top = round(height * rng.uniform(0.1, 0.3))
+    for index, line in enumerate(lines):
+        draw.text((round(width * 0.06), top + index * round(size * 1.5)), line, fill=(255, 255, 255),
+                  font=_font(size), stroke_width=max(1, size // 10), stroke_fill=(0, 0, 0))
+    return out
+
+
+def draw_face(image: Image.Image, seed: int) -> Image.Image:
+    """A drawn frontal face (skin-tone oval, darker eye sockets and brows, lighter nose bridge, a mouth): the
+    light and dark pattern a frontal-face cascade looks for. About 40 % of the shorter side, at a random place."""
+    rng = random.Random(seed)
+    width, height = image.size
+    size = min(width, height) * rng.uniform(0.35, 0.5)
+    cx = rng.uniform(size * 0.6, width - size * 0.6)
+    cy = rng.uniform(size * 0.7, height - size * 0.7)
+    out = image.copy()
+    draw = ImageDraw.Draw(out)
+    skin = rng.choice(((224, 180, 150), (198, 150, 110), (150, 105, 75), (240, 200, 170)))
+    dark = tuple(max(0, c - 120) for c in skin)
+    half_w, half_h = size * 0.5, size * 0.65
+    draw.ellipse((cx - half_w, cy - half_h, cx + half_w, cy + half_h), fill=skin)
+    for side in (-1, 1):
+        ex, ey = cx + side * size * 0.2, cy - size * 0.1
+        draw.ellipse((ex - size * 0.11, ey - size * 0.055, ex + size * 0.11, ey + size * 0.055), fill=dark)
+        draw.rectangle((ex - size * 0.14, ey - size * 0.17, ex + size * 0.12, ey - size * 0.12), fill=dark)
+    mouth_y = cy + size * 0.3
+    draw.ellipse((cx - size * 0.17, mouth_y - size * 0.05, cx + size * 0.17, mouth_y + size * 0.05), fill=dark)
+    nose = tuple(min(255, c + 15) for c in skin)
+    draw.rectangle((cx - size * 0.04, cy - size * 0.1, cx + size * 0.04, cy + size * 0.15), fill=nose)
+    return out
+
+
 def _transform(image: Image.Image, transform: str) -> Image.Image:
     width, height = image.size
+    if transform.startswith("crop:"):
+        return image.crop(_crop_box(transform, width, height))
+    if transform.startswith("overlay:"):
+        return _overlay(image, int(transform.removeprefix("overlay:")), width * 31 + height)
     if transform == "resize75":
         return image.resize((_scaled(width), _scaled(height)), Image.Resampling.LANCZOS)
     if transform == "crop5":
@@ -365,6 +453,10 @@ def _damage(data: bytes, recipe: ImageRecipe) -> bytes:
 def render_image(recipe: ImageRecipe) -> bytes:
     """Encoded bytes for ``recipe``; deterministic, so equal recipes give identical bytes."""
     image = draw_scene(recipe.spec, recipe.width, recipe.height, recipe.texture)
+    if recipe.decoration == "text":
+        image = draw_text_overlay(image, recipe.spec.variant)
+    elif recipe.decoration == "face":
+        image = draw_face(image, recipe.spec.variant)
     image = _transform(image, recipe.transform)
     return _damage(_encode(image, recipe), recipe)
 
@@ -400,6 +492,9 @@ def expected_size(recipe: ImageRecipe) -> tuple[int, int] | None:
         return _scaled(width), _scaled(height)
     if recipe.transform == "crop5":
         return width - 2 * _crop_margin(width), height - 2 * _crop_margin(height)
+    if recipe.transform.startswith("crop:"):
+        x0, y0, x1, y1 = _crop_box(recipe.transform, width, height)
+        return x1 - x0, y1 - y0
     return width, height
 
 
@@ -496,9 +591,10 @@ class TestCorpus:
         return [pair for pair in self.pairs if pair.label == label]
 
     def label_counts(self) -> dict[str, int]:
+        """Every default label (0 when absent) and the opt-in labels the corpus holds."""
         counts = dict.fromkeys(LABELS, 0)
         for pair in self.pairs:
-            counts[pair.label] += 1
+            counts[pair.label] = counts.get(pair.label, 0) + 1
         return counts
 
     def truth_table(self) -> pa.Table:
@@ -657,7 +753,7 @@ class _Planner:
         self.counts = counts
         self.plans: dict[str, _ResponsePlan] = {}
         self.cleans: list[_Original] = []
-        self.ordinals: dict[str, int] = dict.fromkeys(LABELS, 0)
+        self.ordinals: dict[str, int] = dict.fromkeys(ALL_LABELS, 0)
         self.clean_languages = self._clean_languages(counts["clean"])
         self.exact_groups = _groups(counts["exact_duplicate"], 2)
         self.many_groups = _groups(counts["many_captions_image"], 3)
@@ -762,6 +858,31 @@ class _Planner:
 
     def near_dup_brightened(self, pair_id: int) -> CorpusPair:
         return self._near_dup(pair_id, "near_dup_brightened", transform="bright110")
+
+    def near_dup_cropped_side(self, pair_id: int) -> CorpusPair:
+        # One or two sides (any of the four), each losing 5-20 % of its dimension: what is left is 64-95 % of
+        # the original's area, off-centre.
+        cuts = [0, 0, 0, 0]
+        for side in self.rng.sample(range(4), self.rng.choice((1, 2))):
+            cuts[side] = self.rng.randint(50, 200)
+        return self._near_dup(pair_id, "near_dup_cropped_side", transform="crop:" + ",".join(map(str, cuts)))
+
+    def near_dup_overlay(self, pair_id: int) -> CorpusPair:
+        return self._near_dup(pair_id, "near_dup_overlay", transform=f"overlay:{self.rng.randrange(4)}")
+
+    def text_overlay(self, pair_id: int) -> CorpusPair:
+        spec = random_scene(self.rng)
+        recipe = self._recipe(spec, decoration="text")
+        pair = self._image_pair(pair_id, "text_overlay", recipe, caption_for(spec, "en", self.rng))
+        self.plans[pair.path] = _image_plan(recipe)
+        return pair
+
+    def face(self, pair_id: int) -> CorpusPair:
+        spec = random_scene(self.rng)
+        recipe = self._recipe(spec, decoration="face")
+        pair = self._image_pair(pair_id, "face", recipe, caption_for(spec, "en", self.rng))
+        self.plans[pair.path] = _image_plan(recipe)
+        return pair
 
     def tiny(self, pair_id: int) -> CorpusPair:
         return self._simple_image(pair_id, "tiny", TINY_SIZE)
@@ -930,7 +1051,7 @@ def _image_path(pair_id: int, recipe: ImageRecipe) -> str:
 
 def _label_sequence(counts: dict[str, int], rng: random.Random) -> list[str]:
     """Labels in input order: shuffled, with a clean pair first so every duplicate has an earlier original."""
-    sequence = [label for label in LABELS for _ in range(counts[label])]
+    sequence = [label for label in ALL_LABELS for _ in range(counts[label])]
     rng.shuffle(sequence)
     if "clean" in sequence:
         first_clean = sequence.index("clean")
