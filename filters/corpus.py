@@ -25,3 +25,26 @@ class CorpusRule(beam.PTransform):
     """Base class: subclasses set ``columns`` and implement ``expand(rows) -> PCollection[Drop]``."""
 
     columns: tuple[str, ...] = ("key", "partition_id")
+
+
+class Intersection(CorpusRule):
+    """Rules that all see the same rows, a pair kept only when every one keeps it (DataComp-1B: image-based and
+    the top 30 % by CLIP score, each computed on the same pool). A pair dropped by several is counted once, for
+    the first rule that drops it."""
+
+    def __init__(self, rules: list[tuple[str, CorpusRule]]) -> None:
+        super().__init__()
+        self.rules = rules
+        self.columns = tuple(dict.fromkeys(c for _, rule in rules for c in rule.columns))
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        tagged = [
+            rows | f"{name}" >> rule | f"{name}Rank" >> beam.Map(lambda drop, rank=rank: (drop[1][0], (rank, drop)))
+            for rank, (name, rule) in enumerate(self.rules)
+        ]
+        return (
+            tagged
+            | "AllDrops" >> beam.Flatten()
+            | "ByKey" >> beam.GroupByKey()
+            | "FirstRule" >> beam.Map(lambda element: min(element[1], key=lambda item: item[0])[1])
+        )

@@ -99,6 +99,7 @@ def run_ingest(
     files = list_input_files(inputs, config.input.input_format)
     for source in files:
         sniff_input(source, config.input.url_col, config.input.caption_col)
+    check_curation_models(config)
     # Load the CLIP model here once, before anything is written: a bad path or no network is one clear
     # error, and the output folder is left as it was (a corrected rerun is not refused as "other settings").
     clip_identity = model_identity(config.clip) if config.clip.enabled else None
@@ -112,6 +113,28 @@ def run_ingest(
         metrics = run_pipeline(lambda p: build_ingest(p, config, files, output, retry_failed, clip_identity), beam_args)
     fsutil.write_json(layout.meta(output, "ingest_done.json"), {"partitions": layout.done_partitions(output)})
     return metrics
+
+
+def check_curation_models(config: Config) -> None:
+    """Safety lists, the text detector, the face cascade, the heads' weights and what the select-pass curation
+    needs, each loaded once here: a bad file is one error before any work, not a failure in every worker."""
+    from altsieve.filters.safety import check_lists
+    from altsieve.pipeline.select import check_curation_settings
+
+    check_lists(config)
+    check_curation_settings(config)
+    if config.content.text.enabled:
+        from altsieve.transforms.image_content import TextDetector
+
+        TextDetector(config.content.text)
+    if config.content.faces.enabled:
+        from altsieve.transforms.image_content import FaceDetector
+
+        FaceDetector(config.content.faces)
+    if config.heads.aesthetic.enabled or config.heads.nsfw.enabled:
+        from altsieve.transforms.heads import heads_of
+
+        heads_of(config)
 
 
 def _pairs_to_process(files: list[InputFile], config: Config, output: str, retry_failed: bool) -> int | None:

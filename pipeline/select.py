@@ -19,8 +19,9 @@ from altsieve.core import fsutil, layout
 from altsieve.core.config import Config, ConfigError
 from altsieve.dedup.rules import dedup_rules
 from altsieve.filters.clip import ClipTopFraction
-from altsieve.filters.corpus import CorpusRule
+from altsieve.filters.corpus import CorpusRule, Intersection
 from altsieve.filters.corpus_text import corpus_text_rules
+from altsieve.filters.metaclip import MetaClipBalance
 from altsieve.pipeline.beam_run import Progress, run_pipeline
 from altsieve.transforms.progress import ProgressWriter
 
@@ -39,11 +40,65 @@ def corpus_rules(config: Config, output: str | None = None) -> list[tuple[str, C
     rules: list[tuple[str, CorpusRule]] = corpus_text_rules(config.corpus)
     # Beam labels them NearDuplicateFilter/<method>: the stage name the design uses for all dedup methods.
     rules += [(f"NearDuplicateFilter/{name}", rule) for name, rule in dedup_rules(config, output)]
+    # MetaCLIP's balancing counts the deduplicated pool (a copy would count twice for its entries).
+    check_curation_settings(config)
+    if config.metaclip.enabled and config.metaclip.entries_file is not None:
+        metaclip = config.metaclip
+        record = functools.partial(_record_json, output, "metaclip.json", "entries_over_t") if output else None
+        rules.append(("MetaClipBalance", MetaClipBalance(metaclip.entries_file, metaclip.t, metaclip.lowercase,
+                                                         metaclip.seed, record)))
     # DataComp's top fraction by CLIP score is of the deduplicated pool: after the dedup rules.
+    clip_rule: CorpusRule | None = None
     if config.clip.enabled and config.clip.top_fraction is not None:
         record = functools.partial(record_clip_cut, output, config.clip.top_fraction) if output else None
-        rules.append(("ClipTopFraction", ClipTopFraction(config.clip.top_fraction, record)))
+        clip_rule = ClipTopFraction(config.clip.top_fraction, record)
+    image_rule = image_cluster_rule(config, output)
+    if image_rule is not None and clip_rule is not None:
+        # DataComp-1B: image-based intersected with the CLIP top fraction, both of the same pool.
+        rules.append(("ImageBasedAndClipTopFraction", Intersection([("ImageClusters", image_rule),
+                                                                    ("ClipTopFraction", clip_rule)])))
+    elif image_rule is not None:
+        rules.append(("ImageClusters", image_rule))
+    elif clip_rule is not None:
+        rules.append(("ClipTopFraction", clip_rule))
     return rules
+
+
+def check_curation_settings(config: Config) -> None:
+    """What the MetaCLIP and image-based rules need from the user, checked before any pass (run_ingest calls it)."""
+    if config.metaclip.enabled and config.metaclip.entries_file is None:
+        raise ConfigError("metaclip.enabled needs metaclip.entries_file, your entry list (one a line): "
+                          "--set metaclip.entries_file=entries.txt")
+    if config.image_clusters.enabled and not config.image_clusters.reference_embeddings:
+        raise ConfigError("image_clusters.enabled needs image_clusters.reference_embeddings: embeddings of your "
+                          "reference images (DataComp: ImageNet-1k's training set) by the run's CLIP model, "
+                          "--set 'image_clusters.reference_embeddings=[imagenet.npy]'")
+
+
+def image_cluster_rule(config: Config, output: str | None) -> CorpusRule | None:
+    """DataComp's image-based filter (image_clusters), its reference embeddings read and checked here."""
+    clusters = config.image_clusters
+    if not clusters.enabled or output is None:
+        return None
+    from altsieve.dedup.image_clusters import ImageClusterFilter, load_references
+    from altsieve.dedup.rules import _require, _require_embeddings
+
+    _require("faiss", "image_clusters.enabled")
+    _require_embeddings(output, "image_clusters.enabled")
+    try:
+        references = load_references(clusters.reference_embeddings)
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"image_clusters.reference_embeddings: {err}") from None
+
+    def record(kept: int, total: int) -> None:
+        fsutil.write_json(layout.meta(output, "image_clusters.json"),
+                          {"clusters": total, "kept_clusters": kept, "reference_embeddings": len(references)})
+
+    return ImageClusterFilter(output, references, clusters.n_clusters, clusters.sample_size, clusters.seed, record)
+
+
+def _record_json(output: str, name: str, field: str, value: Any) -> None:
+    fsutil.write_json(layout.meta(output, name), {field: value})
 
 
 def record_clip_cut(output: str, fraction: float, score: float | None, scored: int) -> None:

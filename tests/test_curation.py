@@ -115,3 +115,84 @@ def test_crop_verification_refuses_distinct_scenes(copies, copies_output) -> Non
             assert not crop_features.verify(features[clean[i]], features[clean[j]])
             checked += 1
     assert checked >= 90
+
+
+# ---------------------------------------------------------------------------------------------
+# MetaCLIP balancing
+
+
+SHIPPED_ENTRIES = Path(__file__).resolve().parents[1] / "altsieve" / "data" / "metaclip_entries_test.txt"
+
+
+def metaclip_expected(captions: dict[str, str], entries: list[str], t: int, seed: int) -> dict[str, str]:
+    """The paper's algorithm as a plain loop: substring counts, then p = min(1, t / count) per matched entry."""
+    matched = {key: [i for i, entry in enumerate(entries) if entry in caption] for key, caption in captions.items()}
+    counts = {i: sum(i in m for m in matched.values()) for i in range(len(entries))}
+    expected = {}
+    for key, found in matched.items():
+        if not found:
+            expected[key] = reasons.METACLIP_NO_ENTRY
+            continue
+        draws = [int.from_bytes(hashlib.blake2b(f"{seed}\x00{key}\x00{i}".encode(), digest_size=8).digest(),
+                                "little") / 2.0**64 for i in found]
+        if not any(u < min(1.0, t / counts[i]) for u, i in zip(draws, found, strict=True)):
+            expected[key] = reasons.METACLIP_BALANCED
+    return expected
+
+
+def test_metaclip_balancing_drops_exactly_what_the_paper_implies(corpus, tmp_path) -> None:
+    from altsieve.filters.metaclip import read_entries
+    from altsieve.pipeline.select import corpus_rules
+
+    rows = [{"key": key_of(p.pair_id), "partition_id": partition_of(p.pair_id), "caption": p.caption}
+            for p in generate_corpus(400, seed=5).pairs]
+    t = 25
+    config = load_config("metaclip", [{"metaclip": {"entries_file": str(SHIPPED_ENTRIES), "t": t},
+                                       "dedup": {"exact_sha256": False, "exact_url_caption": False}}])
+    rules = corpus_rules(config, str(tmp_path / "out"))
+    assert [name for name, _ in rules] == ["NearDuplicateFilter/PerceptualDuplicates", "MetaClipBalance"]
+    drops = by_key(run_rules(rules[1:], rows, tmp_path))
+    expected = metaclip_expected({r["key"]: r["caption"] for r in rows}, read_entries(str(SHIPPED_ENTRIES), False),
+                                 t, 0)
+    assert {key: d[0] for key, d in drops.items()} == expected
+    counted = {reason: list(expected.values()).count(reason) for reason in set(expected.values())}
+    assert counted[reasons.METACLIP_NO_ENTRY] > 0 and counted[reasons.METACLIP_BALANCED] > 0  # both at work
+    # A rerun keeps the same pairs (seeded draws, not random()).
+    assert by_key(run_rules(rules[1:], list(reversed(rows)), tmp_path)) == drops
+
+
+# ---------------------------------------------------------------------------------------------
+# DataComp's image-based filter, and DataComp-1B's intersection with the CLIP top fraction
+
+
+def test_image_based_filter_and_datacomp_1b_intersection(tmp_path) -> None:
+    from altsieve.pipeline.select import corpus_rules
+    from tests.test_dedup import write_embeddings
+
+    rng = np.random.default_rng(4)
+    centres = np.linalg.qr(rng.standard_normal((32, 8)))[0].T  # 8 orthonormal directions in 32-d
+    n = 800
+    cluster_of = rng.integers(0, 8, n)
+    vectors = centres[cluster_of] + 0.05 * rng.standard_normal((n, 32))
+    output = tmp_path / "out"
+    write_embeddings(output, vectors.astype(np.float32))
+    near = [1, 4, 6]  # the reference set (ImageNet's stand-in) sits near three of the eight
+    references = centres[np.repeat(near, 5)] + 0.05 * rng.standard_normal((15, 32))
+    np.save(tmp_path / "reference.npy", references.astype(np.float32))
+    scores = rng.uniform(0.1, 0.4, n).astype(np.float32)
+    rows = [{"key": key_of(i), "partition_id": partition_of(i), "clip_score": float(scores[i])} for i in range(n)]
+    settings = {"clip": {"enabled": True, "pretrained": "random", "top_fraction": 0.3},
+                "image_clusters": {"reference_embeddings": [str(tmp_path / "reference.npy")], "n_clusters": 8},
+                "dedup": {"exact_sha256": False, "exact_url_caption": False, "perceptual": False}}
+    config = load_config("datacomp-1b", [settings])
+    rules = corpus_rules(config, str(output))
+    assert [name for name, _ in rules] == ["ImageBasedAndClipTopFraction"]
+    drops = by_key(run_rules(rules, rows, tmp_path))
+    far = {key_of(i) for i in range(n) if cluster_of[i] not in near}
+    cut = np.sort(scores)[::-1][int(np.ceil(0.3 * n)) - 1]  # the top 30 % of the whole pool, not of the near ones
+    low = {key_of(i) for i in range(n) if scores[i] < cut}
+    assert set(drops) == far | low  # kept: near a reference AND in the pool's top 30 %
+    assert {key for key, d in drops.items() if d[0] == reasons.IMAGE_CLUSTER_FAR} == far
+    assert {key for key, d in drops.items() if d[0] == reasons.CLIP_SCORE_BELOW_QUANTILE} == low - far
+    report = json.loads(Path(output, "_altsieve", "image_clusters.json").read_text())
+    assert report == {"clusters": 8, "kept_clusters": 3, "reference_embeddings": 15}

@@ -491,12 +491,6 @@ class MetaClipConfig(_Section):
     def _entries_exist(cls, value: str | None) -> str | None:
         return _local_file_must_exist(value, "metaclip.entries_file")
 
-    @model_validator(mode="after")
-    def _entries_when_enabled(self) -> MetaClipConfig:
-        if self.enabled and self.entries_file is None:
-            raise ValueError("metaclip needs entries_file (one entry a line)")
-        return self
-
 
 class ImageClustersConfig(_Section):
     """DataComp's image-based filter: k-means on the CLIP image embeddings; keep the pairs of the clusters that are
@@ -516,12 +510,6 @@ class ImageClustersConfig(_Section):
         for path in value:
             _local_file_must_exist(path, "image_clusters.reference_embeddings")
         return value
-
-    @model_validator(mode="after")
-    def _references_when_enabled(self) -> ImageClustersConfig:
-        if self.enabled and not self.reference_embeddings:
-            raise ValueError("image_clusters needs reference_embeddings (e.g. ImageNet's, by the run's CLIP model)")
-        return self
 
 
 class OutputConfig(_Section):
