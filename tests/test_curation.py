@@ -196,3 +196,152 @@ def test_image_based_filter_and_datacomp_1b_intersection(tmp_path) -> None:
     assert {key for key, d in drops.items() if d[0] == reasons.CLIP_SCORE_BELOW_QUANTILE} == low - far
     report = json.loads(Path(output, "_altsieve", "image_clusters.json").read_text())
     assert report == {"clusters": 8, "kept_clusters": 3, "reference_embeddings": 15}
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the ingest pass: safety lists, text area, faces (blurred), crop features
+
+
+CONTENT_LABELS = {"text_overlay": 8, "face": 8, "near_dup_cropped_side": 4, "exact_duplicate": 2}
+
+
+@pytest.fixture(scope="module")
+def content_run(tmp_path_factory):
+    """A served corpus with planted text, faces and listed files, through ingest, select and reshard."""
+    import io
+
+    from PIL import Image
+
+    from altsieve.pipeline.cli import run_all
+    from altsieve.testcorpus.server import CorpusServer
+    from tests.test_end_to_end import served_image
+
+    corpus = generate_corpus(70, seed=13, label_counts=CONTENT_LABELS)
+    folder = tmp_path_factory.mktemp("content")
+    cleans = corpus.pairs_with_label("clean")
+    listed_md5, listed_sha, listed_phash = cleans[1], cleans[2], cleans[3]
+    (folder / "md5.txt").write_text("# known files\n" + hashlib.md5(served_image(corpus, listed_md5)).hexdigest()
+                                    + "\n")
+    (folder / "sha256.txt").write_text("sha256:" + hashlib.sha256(served_image(corpus, listed_sha)).hexdigest() + "\n")
+    # The pHash list holds the hash of a re-encoded copy: the served file itself is not on any byte list.
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(served_image(corpus, listed_phash))).save(buffer, "JPEG", quality=60)
+    (folder / "phash.txt").write_text(f"{process_image(buffer.getvalue()).phash:016x}\n")
+    overrides = {
+        "download": {"allow_private_addresses": ["127.0.0.0/8"], "retries": 0},
+        "input": {"rows_per_partition": 30},
+        "safety": {"md5_files": [str(folder / "md5.txt")], "sha256_files": [str(folder / "sha256.txt")],
+                   "phash_files": [str(folder / "phash.txt")]},
+        "content": {"text": {"enabled": True, "max_ratio": 0.1}, "faces": {"enabled": True, "blur": True}},
+        "dedup": {"crop": {"enabled": True}},
+    }
+    with CorpusServer(corpus) as server:
+        input_path = str(folder / "input.parquet")
+        corpus.write_input(input_path, server.base_url)
+        run_all(load_config("default", [overrides]), [input_path], str(folder / "out"), [])
+    listed = {key_of(listed_md5.pair_id): reasons.SAFETY_HASH_LIST,
+              key_of(listed_sha.pair_id): reasons.SAFETY_HASH_LIST,
+              key_of(listed_phash.pair_id): reasons.SAFETY_PHASH_LIST}
+    return corpus, folder / "out", listed
+
+
+def _candidate_rows(output: Path) -> dict[str, dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return {row["key"]: row for path in sorted((output / "_candidates").glob("*.parquet"))
+            for row in pq.read_table(path).to_pylist()}
+
+
+def _tar_members(output: Path) -> dict[str, bytes]:
+    import tarfile
+
+    members = {}
+    for path in [*sorted((output / "_candidates").glob("*.tar")), *sorted(output.glob("[0-9]*.tar"))]:
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                members[f"{path.name}/{member.name}"] = tar.extractfile(member).read()
+    return members
+
+
+def test_safety_list_matches_are_only_counted(content_run) -> None:
+    corpus, output, listed = content_run
+    rows = _candidate_rows(output)
+    for key, reason in listed.items():
+        row = rows[key]
+        assert row["reason"] == reason
+        # Nothing of the file is kept: no URL, caption, hash, size or input column; no image anywhere.
+        assert all(row[name] is None for name in ("url", "caption", "sha256", "phash", "width", "original_width",
+                                                  "text_area_ratio", "face_count"))
+    members = _tar_members(output)
+    assert not any(name.split("/")[1].startswith(tuple(listed)) for name in members)
+    crop_keys = {key for path in (output / "_candidates").glob("*_crop.npz")
+                 for key in crop_features.load_arrays(str(path))["key"].tolist()}
+    assert crop_keys and not crop_keys & set(listed)
+    stats = json.loads((output / "stats.json").read_text())
+    text = json.dumps(stats)
+    assert stats["reasons"][reasons.SAFETY_HASH_LIST] == 2 and stats["reasons"][reasons.SAFETY_PHASH_LIST] == 1
+    assert not any(corpus.pairs[int(key[5:])].caption in text for key in listed)
+    assert {reasons.SAFETY_HASH_LIST, reasons.SAFETY_PHASH_LIST} == reasons.NEVER_SHOWN
+
+
+def test_text_area_drops_the_planted_text(content_run) -> None:
+    corpus, output, listed = content_run
+    rows = _candidate_rows(output)
+    text = [rows[key_of(p.pair_id)] for p in corpus.pairs_with_label("text_overlay")]
+    assert all(row["reason"] == reasons.CONTENT_TEXT_AREA and row["text_area_ratio"] > 0.1 for row in text)
+    clean = [rows[key_of(p.pair_id)] for p in corpus.pairs_with_label("clean") if key_of(p.pair_id) not in listed]
+    wrongly = [row for row in clean if row["reason"] == reasons.CONTENT_TEXT_AREA]
+    # Measured: a row of drawn stars or diamonds reads as a line of text (1 of 90 clean scenes of seed 2, 2 of 45 here).
+    assert len(wrongly) <= 0.06 * len(clean)
+    assert all(row["text_area_ratio"] is not None for row in clean)
+
+
+def test_faces_are_found_recorded_and_blurred(content_run) -> None:
+    import cv2
+
+    from tests.test_end_to_end import served_image
+
+    corpus, output, listed = content_run
+    rows = _candidate_rows(output)
+    members = _tar_members(output)
+    stored = {name.split("/")[1].rsplit(".", 1)[0]: data for name, data in members.items()
+              if name.endswith(".jpg") and name.startswith("0") and "_" not in name.split("/")[0]}
+    for pair in corpus.pairs_with_label("face"):
+        row = rows[key_of(pair.pair_id)]
+        assert row["face_count"] >= 1 and len(row["face_boxes"]) == row["face_count"]
+        box = row["face_boxes"][0]
+        assert box["x"] >= 0 and box["x"] + box["w"] <= row["width"] and box["y"] + box["h"] <= row["height"]
+        blurred = cv2.imdecode(np.frombuffer(stored[key_of(pair.pair_id)], np.uint8), cv2.IMREAD_GRAYSCALE)
+        plain = cv2.imdecode(np.frombuffer(process_image(served_image(corpus, pair)).data, np.uint8),
+                             cv2.IMREAD_GRAYSCALE)
+        inside = (slice(box["y"], box["y"] + box["h"]), slice(box["x"], box["x"] + box["w"]))
+        outside = np.ones(plain.shape, bool)
+        outside[inside] = False
+        diff = np.abs(blurred.astype(float) - plain.astype(float))
+        assert diff[inside].mean() > 4 * max(diff[outside].mean(), 0.5)  # the face changed, the rest did not
+        sharpness = [float(cv2.Laplacian(img[inside], cv2.CV_64F).var()) for img in (plain, blurred)]
+        assert sharpness[1] < 0.3 * sharpness[0]
+    clean = [rows[key_of(p.pair_id)] for p in corpus.pairs_with_label("clean") if key_of(p.pair_id) not in listed]
+    # Measured: the cascade finds a face in 1 of these 43 clean scenes (0 of 320 in seed 13's larger corpus).
+    assert sum(row["face_count"] > 0 for row in clean) <= 0.05 * len(clean)
+
+
+def test_crop_rule_in_a_run(content_run) -> None:
+    corpus, output, _ = content_run
+    rows = _candidate_rows(output)
+    import pyarrow.parquet as pq
+
+    decisions = {row["key"]: row for path in (output / "_decisions").glob("*.parquet")
+                 for row in pq.read_table(path).to_pylist()}
+    checked = 0
+    for pair in corpus.pairs_with_label("near_dup_cropped_side"):
+        if rows[key_of(pair.duplicate_of)]["reason"] is not None:
+            continue  # its original went in ingest (a safety list, text, ...): nothing to be a copy of
+        decision = decisions[key_of(pair.pair_id)]
+        assert decision["reason"] in (reasons.DUPLICATE_CROP, reasons.DUPLICATE_PHASH)
+        assert decision["duplicate_of"] == key_of(pair.duplicate_of)
+        checked += 1
+    assert checked >= 2
+    final = pq.read_table(sorted(output.glob("[0-9]*.parquet"))[0])
+    assert {"text_area_ratio", "face_count", "face_boxes"} <= set(final.column_names)
+    assert len(rows) == len(corpus.pairs)
