@@ -345,3 +345,104 @@ def test_crop_rule_in_a_run(content_run) -> None:
     final = pq.read_table(sorted(output.glob("[0-9]*.parquet"))[0])
     assert {"text_area_ratio", "face_count", "face_boxes"} <= set(final.column_names)
     assert len(rows) == len(corpus.pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Heads on the CLIP image embeddings (aesthetic, NSFW): tiny heads trained here on the tiny CLIP's embeddings
+
+
+def synthetic_labels(stored: bytes) -> tuple[float, float]:
+    """Truth computed from the picture: "unsafe" = a red shape in it (>= 1 % of the pixels strongly red);
+    "aesthetic" = its mean brightness on a 0-10 scale. Stand-ins for human labels, which a test cannot have."""
+    import cv2
+
+    bgr = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_COLOR).astype(np.int32)
+    red = (bgr[:, :, 2] > 180) & (bgr[:, :, 1] < 80) & (bgr[:, :, 0] < 80)
+    return float(red.mean() >= 0.01), float(bgr.mean() / 25.5)
+
+
+def train_heads(folder: Path) -> tuple[Path, Path]:
+    """A 2-layer aesthetic regressor (torch state dict, ReLU) and a logistic NSFW head (.npz), on 200 scenes."""
+    import torch
+
+    from altsieve.transforms.clip import ClipScorer, ClipSpec
+
+    corpus = generate_corpus(200, seed=31, label_counts={})
+    stored = [process_image(corpus.responses[p.path].body).data for p in corpus.pairs]
+    x = torch.tensor(np.concatenate([ClipScorer.load(ClipSpec()).embed_images(stored[i : i + 100])
+                                     for i in range(0, len(stored), 100)]))
+    x = torch.nn.functional.normalize(x, dim=1)
+    labels = torch.tensor([synthetic_labels(s) for s in stored])
+    torch.manual_seed(0)
+    aesthetic = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    nsfw = torch.nn.Linear(x.shape[1], 1)
+    for model, loss_fn, target in ((aesthetic, torch.nn.functional.mse_loss, labels[:, 1]),
+                                   (nsfw, torch.nn.functional.binary_cross_entropy_with_logits, labels[:, 0])):
+        optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
+        for _ in range(400):
+            optimiser.zero_grad()
+            loss_fn(model(x)[:, 0], target).backward()
+            optimiser.step()
+    torch.save(aesthetic.state_dict(), folder / "aesthetic.pth")
+    np.savez(folder / "nsfw.npz", **{k: v.detach().numpy() for k, v in nsfw.state_dict().items()})
+    return folder / "aesthetic.pth", folder / "nsfw.npz"
+
+
+def test_heads_score_and_drop_what_their_labels_say(tmp_path) -> None:
+    pytest.importorskip("open_clip")
+    import pyarrow.parquet as pq
+
+    from altsieve.pipeline.cli import run_all
+    from altsieve.testcorpus.server import CorpusServer
+    from tests.test_end_to_end import served_image
+
+    aesthetic, nsfw = train_heads(tmp_path)
+    corpus = generate_corpus(50, seed=32, label_counts={})
+    truth = {key_of(p.pair_id): synthetic_labels(process_image(served_image(corpus, p)).data) for p in corpus.pairs}
+    bright = float(np.median([a for _, a in truth.values()]))
+    overrides = {
+        "download": {"allow_private_addresses": ["127.0.0.0/8"], "retries": 0},
+        "clip": {"enabled": True, "tags": {"enabled": False}},
+        "heads": {"aesthetic": {"enabled": True, "weights": str(aesthetic), "activation": "relu", "min_score": bright},
+                  "nsfw": {"enabled": True, "weights": str(nsfw), "output": "sigmoid", "max_score": 0.5}},
+    }
+    with CorpusServer(corpus) as server:
+        corpus.write_input(str(tmp_path / "input.parquet"), server.base_url)
+        run_all(load_config("default", [overrides]), [str(tmp_path / "input.parquet")], str(tmp_path / "out"), [])
+    rows = {r["key"]: r for path in (tmp_path / "out" / "_candidates").glob("*.parquet")
+            for r in pq.read_table(path).to_pylist()}
+    scored = [r for r in rows.values() if r["nsfw_detector_score"] is not None]
+    assert len(scored) == len(corpus.pairs)
+    # The rules drop exactly what the scores say, in their order (the aesthetic rule first).
+    dull = {k for k, r in rows.items() if r["aesthetic_score"] < bright}
+    flagged = {k for k, r in rows.items() if r["nsfw_detector_score"] > 0.5}
+    assert {k for k, r in rows.items() if r["reason"] == reasons.HEADS_AESTHETIC} == dull
+    assert {k for k, r in rows.items() if r["reason"] == reasons.HEADS_NSFW} == flagged - dull
+    # And the heads learnt their labels from the tiny CLIP's embeddings (the weights loaded as trained).
+    unsafe = {k for k, (u, _) in truth.items() if u}
+    assert unsafe and len(flagged ^ unsafe) <= 0.1 * len(rows)  # measured: 4 of 60 disagree
+    correlation = np.corrcoef([r["aesthetic_score"] for r in scored], [truth[r["key"]][1] for r in scored])[0, 1]
+    assert correlation > 0.9
+
+
+def test_head_formats_agree(tmp_path) -> None:
+    """A TorchScript file and a state dict of the same MLP give the same scores (LAION's files are state dicts)."""
+    import warnings
+
+    import torch
+
+    from altsieve.core.config import HeadConfig
+    from altsieve.transforms.heads import Head
+
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(model), tmp_path / "head.pt")
+    torch.save(model.state_dict(), tmp_path / "head.pth")
+    x = np.random.default_rng(2).standard_normal((5, 8)).astype(np.float32)
+    scripted = Head(HeadConfig(enabled=True, weights=str(tmp_path / "head.pt"), normalize=False), "cpu", "a")
+    state = Head(HeadConfig(enabled=True, weights=str(tmp_path / "head.pth"), normalize=False, activation="relu"),
+                 "cpu", "a")
+    expected = model(torch.tensor(x))[:, 0].detach().numpy()
+    assert np.allclose(scripted.scores(x), expected, atol=1e-6) and np.allclose(state.scores(x), expected, atol=1e-6)

@@ -18,6 +18,7 @@ and ``nsfw_detector_score``; the rules are in filters/heads.py. Embeddings are s
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import apache_beam as beam
@@ -56,10 +57,15 @@ class Head:
                     self.layers = _linear_layers({k: torch.from_numpy(data[k]) for k in data.files}, path)
             else:
                 try:
-                    self.module = torch.jit.load(path, map_location=self.device).eval()
-                except RuntimeError:  # not TorchScript: a state dict
                     state = torch.load(path, map_location="cpu", weights_only=True)
+                except Exception:  # noqa: BLE001 - not a plain state dict (torch raises several kinds): TorchScript
+                    state = None
+                if isinstance(state, dict):
                     self.layers = _linear_layers(state, path)
+                else:
+                    with warnings.catch_warnings():  # torch 2.14 calls TorchScript deprecated; it still loads
+                        warnings.simplefilter("ignore", FutureWarning)
+                        self.module = torch.jit.load(path, map_location=self.device).eval()
         except (OSError, ValueError, RuntimeError, KeyError) as err:
             raise ConfigError(f"heads.{name}.weights {path}: cannot load it ({err})") from None
         self.layers = [(w.float().to(self.device), b.float().to(self.device)) for w, b in self.layers]
