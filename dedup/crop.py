@@ -47,6 +47,9 @@ SAMPLE_PER_CLUSTER = 1000
 # measured at median 12, p90 26) count for their images. faiss's exact search up to this many descriptors, HNSW above.
 _VOTE_NEIGHBOURS = 4
 _VOTE_MAX_BITS = 40
+# Only each image's strongest descriptors vote and are voted for (extract() stores them strongest first): 3x fewer
+# than all 96, for the same candidate recall on the test corpus.
+_VOTE_DESCRIPTORS = 32
 _FLAT_MAX_DESCRIPTORS = 20_000
 
 # One member of a cluster group: key, partition id, its features (signature included).
@@ -135,8 +138,8 @@ def verified_edges(members: list[Member], neighbours: int, votes: int = 0) -> It
         return
     candidates = candidate_pairs(signatures, neighbours)
     if votes:
-        candidates = np.unique(np.concatenate([candidates, vote_pairs([m[2].descriptors for m in members], votes)]),
-                               axis=0)
+        strongest = [m[2].descriptors[:_VOTE_DESCRIPTORS] for m in members]
+        candidates = np.unique(np.concatenate([candidates, vote_pairs(strongest, votes)]), axis=0)
     for i, j in candidates.tolist():
         (ki, pi, fi), (kj, pj, fj) = members[i], members[j]  # i < j: ki < kj
         if crop_features.verify(fi, fj) or crop_features.verify(fj, fi):

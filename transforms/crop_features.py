@@ -107,9 +107,11 @@ def extract(pixels: np.ndarray) -> CropFeatures:
         bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)
         grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     keypoints, descriptors = _orb().detectAndCompute(grey, None)
-    points = np.float32([k.pt for k in keypoints]).reshape(-1, 2)
     if descriptors is None:
-        descriptors = np.zeros((0, 32), np.uint8)
+        keypoints, descriptors = (), np.zeros((0, 32), np.uint8)
+    order = np.argsort([-k.response for k in keypoints], kind="stable")  # strongest first: the votes use the top
+    points = np.float32([keypoints[i].pt for i in order.tolist()]).reshape(-1, 2)
+    descriptors = descriptors[order]
     height, width = grey.shape
     factor = THUMBNAIL_SIDE / max(height, width)
     thumb = cv2.resize(bgr, (max(1, round(width * factor)), max(1, round(height * factor))),
