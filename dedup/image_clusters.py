@@ -21,7 +21,7 @@ import numpy as np
 
 from altsieve.core import reasons
 from altsieve.dedup.embeddings import image_embeddings_for, unit_rows
-from altsieve.dedup.semantic import _BottomK, _ConcatSample, priorities, train_centroids
+from altsieve.dedup.semantic import SampledCentroids
 from altsieve.filters.corpus import CorpusRule, Drop
 
 
@@ -73,27 +73,7 @@ class ImageClusterFilter(CorpusRule):
             | "SortKeys" >> beam.Map(lambda element: (element[0], sorted(element[1])))
         )
 
-        def bottom(element: tuple[str, list[str]]) -> np.ndarray:
-            values = priorities(element[1], seed)
-            return np.partition(values, sample_size - 1)[:sample_size] if len(values) > sample_size else values
-
-        threshold = by_partition | "Priorities" >> beam.Map(bottom) | "Threshold" >> beam.CombineGlobally(
-            _BottomK(sample_size))
-
-        def sample_piece(element: tuple[str, list[str]], limit: int) -> tuple[np.ndarray, np.ndarray]:
-            partition_id, keys = element
-            chosen = [k for k, p in zip(keys, priorities(keys, seed).tolist(), strict=True) if p <= limit]
-            found, vectors = loader(partition_id, chosen) if chosen else ([], None)
-            if not found:
-                return np.empty(0, dtype=np.uint64), np.empty((0, 0), dtype=np.float32)
-            return priorities(found, seed), vectors
-
-        centroids = (
-            by_partition
-            | "SamplePieces" >> beam.Map(sample_piece, limit=beam.pvalue.AsSingleton(threshold))
-            | "Sample" >> beam.CombineGlobally(_ConcatSample())
-            | "KMeans" >> beam.Map(train_centroids, n_clusters=self.n_clusters, seed=seed)
-        )
+        centroids = by_partition | "Centroids" >> SampledCentroids(loader, self.n_clusters, sample_size, seed)
         kept = centroids | "KeptClusters" >> beam.Map(kept_clusters, references=references)
         if self.record is not None:
             record = self.record

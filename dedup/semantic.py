@@ -127,6 +127,48 @@ def train_centroids(sample: np.ndarray | None, n_clusters: int, seed: int) -> np
     return unit_rows(kmeans.centroids)
 
 
+def bottom_priorities(element: tuple[str, list[str]], seed: int, sample_size: int) -> np.ndarray:
+    """A partition's ``sample_size`` smallest key priorities (all of them when it has fewer)."""
+    values = priorities(element[1], seed)
+    return np.partition(values, sample_size - 1)[:sample_size] if len(values) > sample_size else values
+
+
+def sample_piece(element: tuple[str, list[str]], limit: int, seed: int,
+                 loader: Loader) -> tuple[np.ndarray, np.ndarray]:
+    """A partition's sampled keys (priority at or below ``limit``): their priorities and unit embeddings."""
+    partition_id, keys = element
+    prios = priorities(keys, seed)
+    chosen = [key for key, prio in zip(keys, prios.tolist(), strict=True) if prio <= limit]
+    found, vectors = loader(partition_id, chosen) if chosen else ([], None)
+    if not found:
+        return np.empty(0, dtype=np.uint64), np.empty((0, 0), dtype=np.float32)
+    return priorities(found, seed), vectors
+
+
+class SampledCentroids(beam.PTransform):
+    """``(partition_id, sorted keys)`` -> one element: spherical k-means centroids of a seeded uniform sample of
+    the partitions' embeddings (the ``sample_size`` smallest key priorities overall), or None for no embedding."""
+
+    def __init__(self, loader: Loader, n_clusters: int, sample_size: int, seed: int) -> None:
+        super().__init__()
+        self.loader, self.n_clusters, self.sample_size, self.seed = loader, n_clusters, sample_size, seed
+
+    def expand(self, by_partition: beam.PCollection) -> beam.PCollection:
+        seed, sample_size = self.seed, self.sample_size
+        threshold = (
+            by_partition
+            | "Priorities" >> beam.Map(bottom_priorities, seed=seed, sample_size=sample_size)
+            | "SampleThreshold" >> beam.CombineGlobally(_BottomK(sample_size))
+        )
+        return (
+            by_partition
+            | "SamplePieces" >> beam.Map(sample_piece, limit=beam.pvalue.AsSingleton(threshold), seed=seed,
+                                         loader=self.loader)
+            | "Sample" >> beam.CombineGlobally(_ConcatSample())
+            | "KMeans" >> beam.Map(train_centroids, n_clusters=self.n_clusters, seed=seed)
+        )
+
+
 def _assign(
     element: tuple[str, list[str]], centroids: np.ndarray | None, loader: Loader
 ) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]]:
@@ -282,31 +324,7 @@ class SemanticDuplicateFilter(CorpusRule):
         )
 
         # 1. The sample: the sample_size smallest priorities overall, then their embeddings, then k-means.
-        def bottom_priorities(element: tuple[str, list[str]]) -> np.ndarray:
-            values = priorities(element[1], seed)
-            return np.partition(values, sample_size - 1)[:sample_size] if len(values) > sample_size else values
-
-        threshold = (
-            by_partition
-            | "Priorities" >> beam.Map(bottom_priorities)
-            | "SampleThreshold" >> beam.CombineGlobally(_BottomK(sample_size))
-        )
-
-        def sample_piece(element: tuple[str, list[str]], limit: int) -> tuple[np.ndarray, np.ndarray]:
-            partition_id, keys = element
-            prios = priorities(keys, seed)
-            chosen = [key for key, prio in zip(keys, prios.tolist(), strict=True) if prio <= limit]
-            found, vectors = loader(partition_id, chosen) if chosen else ([], None)
-            if not found:
-                return np.empty(0, dtype=np.uint64), np.empty((0, 0), dtype=np.float32)
-            return priorities(found, seed), vectors
-
-        centroids = (
-            by_partition
-            | "SamplePieces" >> beam.Map(sample_piece, limit=beam.pvalue.AsSingleton(threshold))
-            | "Sample" >> beam.CombineGlobally(_ConcatSample())
-            | "KMeans" >> beam.Map(train_centroids, n_clusters=n_clusters, seed=seed)
-        )
+        centroids = by_partition | "Centroids" >> SampledCentroids(loader, n_clusters, sample_size, seed)
 
         # 2. Clusters.
         clusters = (

@@ -83,7 +83,8 @@ class SettingRule(PairRule):
         value: Any = config
         for part in cls.setting.split("."):
             value = getattr(value, part)
-        return cls(value) if value not in (None, False) and value != [] else None
+        # Identity, not equality: 0 == False, and a bound of 0 (max_faces: 0, min_score: 0.0) is a real setting.
+        return cls(value) if value is not None and value is not False and value != [] else None
 
 
 def registered_rules(stage: str) -> list[type[PairRule]]:
