@@ -446,3 +446,18 @@ def test_head_formats_agree(tmp_path) -> None:
                  "cpu", "a")
     expected = model(torch.tensor(x))[:, 0].detach().numpy()
     assert np.allclose(scripted.scores(x), expected, atol=1e-6) and np.allclose(state.scores(x), expected, atol=1e-6)
+
+
+def test_new_recipes_cite_the_reference() -> None:
+    from importlib import resources
+
+    reference = Path(__file__).parents[2] / "shared" / "reference" / "published-curation-rules.md"
+    for name, heading in (("metaclip", "MetaCLIP"), ("datacomp-1b", "DataComp")):
+        config = load_config(name)
+        assert config.cites and all(cite.startswith(heading) for cite in config.cites), name
+        assert "project's" in resources.files("altsieve.recipes").joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    if reference.exists():
+        table = reference.read_text(encoding="utf-8")
+        for row in ("t = 20,000", "top 30 % by OpenAI CLIP ViT-L/14", "keep clusters nearest some ImageNet"):
+            assert row in table
+    assert load_config("datacomp-1b").clip.model == "ViT-L-14" and load_config("metaclip").metaclip.t == 20_000

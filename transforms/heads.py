@@ -56,16 +56,19 @@ class Head:
                 with np.load(path, allow_pickle=False) as data:
                     self.layers = _linear_layers({k: torch.from_numpy(data[k]) for k in data.files}, path)
             else:
-                try:
-                    state = torch.load(path, map_location="cpu", weights_only=True)
-                except Exception:  # noqa: BLE001 - not a plain state dict (torch raises several kinds): TorchScript
-                    state = None
-                if isinstance(state, dict):
-                    self.layers = _linear_layers(state, path)
+                with warnings.catch_warnings():
+                    # torch.load hands a TorchScript archive to torch.jit.load itself, with a warning each; and
+                    # torch 2.14 calls TorchScript deprecated, though it still loads.
+                    warnings.simplefilter("ignore", UserWarning)
+                    warnings.simplefilter("ignore", FutureWarning)
+                    try:
+                        loaded = torch.load(path, map_location="cpu", weights_only=True)
+                    except Exception:  # noqa: BLE001 - torch raises several kinds for a file it cannot unpickle
+                        loaded = torch.jit.load(path, map_location="cpu")
+                if isinstance(loaded, dict):
+                    self.layers = _linear_layers(loaded, path)
                 else:
-                    with warnings.catch_warnings():  # torch 2.14 calls TorchScript deprecated; it still loads
-                        warnings.simplefilter("ignore", FutureWarning)
-                        self.module = torch.jit.load(path, map_location=self.device).eval()
+                    self.module = loaded.to(self.device).eval()
         except (OSError, ValueError, RuntimeError, KeyError) as err:
             raise ConfigError(f"heads.{name}.weights {path}: cannot load it ({err})") from None
         self.layers = [(w.float().to(self.device), b.float().to(self.device)) for w, b in self.layers]
