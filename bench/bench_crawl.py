@@ -49,17 +49,11 @@ from pathlib import Path
 from typing import Any
 
 from altsieve.testcorpus.crawlgen import generate_site_pages, iter_wat_members, write_members, write_warc
-from altsieve.transforms.crawl import (
-    IMG_TAGS,
-    ExtractOptions,
-    choose_image_url,
-    decode_html,
-    extract_images,
-    iter_warc_pairs,
-    iter_wat_pairs,
-    judge_image,
-    page_base,
-)
+from altsieve.transforms.crawl.html import decode_html, extract_images
+from altsieve.transforms.crawl.images import choose_image_url, judge_image, page_base
+from altsieve.transforms.crawl.pairs import IMG_TAGS, ExtractOptions
+from altsieve.transforms.crawl.warc import iter_warc_pairs
+from altsieve.transforms.crawl.wat import iter_wat_pairs
 
 OUT = Path(__file__).resolve().parent / "out" / "crawl"
 CC2DATASET_S_PER_WAT = 50.0  # cc2dataset's README: "process one warc [WAT] in about 50s", per core
@@ -223,7 +217,7 @@ def main() -> int:
         import tempfile
 
         from altsieve.pipeline.extract import run_extract
-        from altsieve.transforms.crawl import list_crawl_files
+        from altsieve.transforms.crawl.listing import list_crawl_files
 
         with tempfile.TemporaryDirectory() as folder, Clock() as beam_clock:
             stats = run_extract(list_crawl_files([str(warc)]), folder, ExtractOptions(), [])

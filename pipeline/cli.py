@@ -402,7 +402,7 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _add_crawl_flags(parser: argparse.ArgumentParser) -> None:
-    from altsieve.transforms.crawl import DEFAULT_CC_BASE_URL
+    from altsieve.transforms.crawl.listing import DEFAULT_CC_BASE_URL
 
     group = parser.add_argument_group("crawl inputs (WARC, WAT, *.paths.gz listings)")
     group.add_argument("--limit", type=int, metavar="N",
@@ -419,7 +419,7 @@ def _add_crawl_flags(parser: argparse.ArgumentParser) -> None:
 
 def _crawl_inputs(args: argparse.Namespace) -> Any:
     from altsieve.pipeline.extract import CrawlInputs
-    from altsieve.transforms.crawl import ExtractOptions
+    from altsieve.transforms.crawl.pairs import ExtractOptions
 
     options = ExtractOptions(surrounding_text=args.surrounding_text, keep_svg=args.keep_svg, crawl_id=args.crawl_id)
     return CrawlInputs(limit=args.limit, cc_base_url=args.cc_base_url, options=options)
@@ -427,7 +427,7 @@ def _crawl_inputs(args: argparse.Namespace) -> Any:
 
 def _extract(args: argparse.Namespace, beam_args: list[str]) -> int:
     from altsieve.pipeline.extract import run_extract, summary_lines
-    from altsieve.transforms.crawl import list_crawl_files
+    from altsieve.transforms.crawl.listing import list_crawl_files
 
     settings = _crawl_inputs(args)
     files = list_crawl_files(args.inputs, settings.cc_base_url, settings.limit)

@@ -18,14 +18,16 @@ import apache_beam as beam
 from altsieve.core import fsutil, reasons
 from altsieve.core.config import Config, ConfigError
 from altsieve.pipeline.beam_run import Progress, run_pipeline
-from altsieve.transforms import crawl
-from altsieve.transforms.crawl import CrawlFile, ExtractCrawlPairs, ExtractOptions
+from altsieve.transforms.crawl import listing, pairs
+from altsieve.transforms.crawl.extract import ExtractCrawlPairs
+from altsieve.transforms.crawl.listing import CrawlFile
+from altsieve.transforms.crawl.pairs import ExtractOptions
 from altsieve.transforms.progress import ProgressWriter
 
 STATS_NAME = "extract_stats.json"
 EXTRACTED_DIR = "_extracted"
-VOLUME_COUNTERS = (crawl.FILES, crawl.FILES_FAILED, crawl.RECORDS, crawl.RECORDS_NOT_HTML, crawl.HTML_PAGES,
-                   crawl.IMG_TAGS, crawl.PAIRS_FOUND, crawl.PAIRS)
+VOLUME_COUNTERS = (pairs.FILES, pairs.FILES_FAILED, pairs.RECORDS, pairs.RECORDS_NOT_HTML, pairs.HTML_PAGES,
+                   pairs.IMG_TAGS, pairs.PAIRS_FOUND, pairs.PAIRS)
 
 
 def build_extract(pipeline: beam.Pipeline, files: list[CrawlFile], output: str, options: ExtractOptions) -> None:
@@ -122,7 +124,7 @@ class CrawlInputs:
     """How ``run`` / ``ingest`` read crawl inputs: the ``extract`` flags."""
 
     limit: int | None = None
-    cc_base_url: str = crawl.DEFAULT_CC_BASE_URL
+    cc_base_url: str = listing.DEFAULT_CC_BASE_URL
     options: ExtractOptions = field(default_factory=ExtractOptions)
 
 
@@ -130,16 +132,16 @@ def prepare_crawl_inputs(
     config: Config, inputs: list[str], output: str, beam_args: list[str], settings: CrawlInputs | None = None
 ) -> tuple[list[str], Config]:
     """Crawl inputs -> (the extracted Parquet glob, the config to ingest it with); URL lists pass unchanged."""
-    crawl_specs = [spec for spec in inputs if crawl.is_crawl_spec(spec)]
+    crawl_specs = [spec for spec in inputs if listing.is_crawl_spec(spec)]
     if not crawl_specs:
         return inputs, config
     if len(crawl_specs) != len(inputs):
         others = [spec for spec in inputs if spec not in crawl_specs]
-        raise crawl.CrawlInputError(
+        raise listing.CrawlInputError(
             f"inputs mix crawl files ({crawl_specs[0]}) and URL lists ({others[0]}): run them separately, "
             "or `altsieve extract` the crawl files first and give the Parquet files it writes"
         )
     settings = settings or CrawlInputs()
-    files = crawl.list_crawl_files(crawl_specs, settings.cc_base_url, settings.limit)
+    files = listing.list_crawl_files(crawl_specs, settings.cc_base_url, settings.limit)
     glob = extract_for_ingest(files, output, settings.options, beam_args)
     return [glob], config_for_extracted(config, settings.options)

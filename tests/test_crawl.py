@@ -23,14 +23,10 @@ from altsieve.pipeline.demo import demo_config
 from altsieve.pipeline.extract import STATS_NAME, run_extract
 from altsieve.testcorpus.crawlgen import Page, gzip_member, iter_warc_members, write_warc, write_wat
 from altsieve.testcorpus.server import CorpusServer
-from altsieve.transforms import crawl
-from altsieve.transforms.crawl import (
-    CrawlInputError,
-    ExtractOptions,
-    best_srcset_candidate,
-    iter_crawl_pairs,
-    list_crawl_files,
-)
+from altsieve.transforms.crawl.extract import iter_crawl_pairs
+from altsieve.transforms.crawl.images import best_srcset_candidate
+from altsieve.transforms.crawl.listing import CrawlFile, CrawlInputError, list_crawl_files
+from altsieve.transforms.crawl.pairs import HTML_PAGES, IMG_TAGS, RECORDS, RECORDS_NOT_HTML, ExtractOptions
 
 REAL = Path(__file__).parent / "data" / "commoncrawl"
 PAGE_URL = "https://an.wikipedia.org/wiki/Escopete"
@@ -92,7 +88,7 @@ def test_real_warc_gives_the_expected_pairs_resolved() -> None:
         assert row["crawl_id"] == "CC-MAIN-2024-22"  # the warcinfo record's isPartOf
         assert row["record_offset"] == response_offsets[0]
     # 13 img tags: 5 pairs, 5 with an empty or missing alt, 2 SVG logos, 1 login pixel (1x1).
-    assert counts[crawl.IMG_TAGS] == 13 and counts[crawl.HTML_PAGES] == 1
+    assert counts[IMG_TAGS] == 13 and counts[HTML_PAGES] == 1
     assert skip_counts(counts) == {reasons.CRAWL_EMPTY_ALT: 5, reasons.CRAWL_SVG: 2, reasons.CRAWL_TRACKING_PIXEL: 1}
     kept_svg, svg_counts = read_pairs(REAL / "whirlwind.warc.gz", keep_svg=True)
     assert len(kept_svg) == 7 and reasons.CRAWL_SVG not in svg_counts
@@ -103,7 +99,7 @@ def test_real_warc_gives_the_expected_pairs_resolved() -> None:
 def test_real_wat_and_wet() -> None:
     # This WAT sample holds the metadata of the capture's request only: read, no pairs, nothing corrupt.
     rows, counts = read_pairs(REAL / "whirlwind.warc.wat.gz")
-    assert rows == [] and counts[crawl.RECORDS] == 1 and counts[reasons.CRAWL_CORRUPT_RECORD] == 0
+    assert rows == [] and counts[RECORDS] == 1 and counts[reasons.CRAWL_CORRUPT_RECORD] == 0
     with pytest.raises(CrawlInputError, match="WET"):
         list_crawl_files([str(REAL / "whirlwind.warc.wet.gz")])
 
@@ -164,7 +160,7 @@ def test_every_img_case_and_skip_reason(tmp_path) -> None:
     rows, counts = read_pairs(warc)
     assert [(row["url"], row["caption"]) for row in rows] == TRICKY_PAIRS
     assert skip_counts(counts) == TRICKY_SKIPS
-    assert counts[crawl.IMG_TAGS] == len(TRICKY_PAIRS) + sum(TRICKY_SKIPS.values())
+    assert counts[IMG_TAGS] == len(TRICKY_PAIRS) + sum(TRICKY_SKIPS.values())
     assert {row["page_language"] for row in rows} == {"en-gb"}
     assert {row["crawl_id"] for row in rows} == {"CC-MAIN-2099-01"}  # from the synthetic warcinfo
 
@@ -252,7 +248,7 @@ def test_only_successful_html_responses_are_read(tmp_path) -> None:
     write_warc(str(warc), pages)
     rows, counts = read_pairs(warc)
     assert [(row["url"], row["page_language"]) for row in rows] == [("https://s.example/ok.jpg", "en")]
-    assert counts[crawl.RECORDS] == 3 and counts[crawl.RECORDS_NOT_HTML] == 2 and counts[crawl.HTML_PAGES] == 1
+    assert counts[RECORDS] == 3 and counts[RECORDS_NOT_HTML] == 2 and counts[HTML_PAGES] == 1
 
 
 def test_surrounding_text_is_optional(tmp_path) -> None:
@@ -375,7 +371,7 @@ def _crawl_tree(tmp_path: Path) -> tuple[Path, Path]:
 def test_paths_listing_resolves_against_the_base_url_with_a_limit(tmp_path) -> None:
     base, listing = _crawl_tree(tmp_path)
     files = list_crawl_files([str(listing)], cc_base_url=f"file://{base}/", limit=1)
-    assert files == [crawl.CrawlFile(0, f"file://{base}/crawl-data/CC-MAIN-2099-10/segments/1/warc/"
+    assert files == [CrawlFile(0, f"file://{base}/crawl-data/CC-MAIN-2099-10/segments/1/warc/"
                                         "CC-MAIN-2099-10-00000.warc.gz", "warc")]
     rows, _ = read_pairs(files[0].path)
     assert len(rows) == 9 and {row["crawl_id"] for row in rows} == {"CC-MAIN-2099-01"}  # warcinfo beats the path
