@@ -119,7 +119,7 @@ def write_partition(folder: Path, pid: str, start: int, rows: int, rng: np.rando
         "clip_score": pa.array(rng.normal(0.29, 0.05, size=kept_keys.size).astype(np.float32)),
     })
     pq.write_table(decisions, folder / "_decisions" / f"{pid}.parquet", compression="zstd")
-    # CLIP embeddings of the ingest-kept pairs, as transforms/clip.py writes them: a caption close to its image
+    # CLIP embeddings of the ingest-kept pairs, as transforms/clip/store.py writes them: a caption close to its image
     # (cosine about 0.3) for most, an unrelated one for 5 %.
     image = rng.normal(size=(kept_keys.size, EMBED_DIM)).astype(np.float32)
     image /= np.linalg.norm(image, axis=1, keepdims=True)

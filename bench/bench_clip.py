@@ -5,7 +5,7 @@ the default border mode, JPEG q95) with short English alt-texts. Paths, each ove
 
   raw         model.encode_image on already preprocessed tensors + model.encode_text on already tokenised
               captions (77 tokens), batched: no decode, no preprocess, no tokenizer, no normalisation
-  stage       ClipScore's batch code (transforms.clip.score_records): JPEG decode, the model's preprocess,
+  stage       ClipScore's batch code (transforms.clip.stage.score_records): JPEG decode, the model's preprocess,
               tokenizer, both towers (text trimmed to the batch's longest caption), L2 norm, cosine, the two
               zero-shot tags, thresholds, float16 embeddings on each record
   stage-full  the same with the text tower on all 77 positions (what `raw` runs): the stage's own overhead
@@ -73,7 +73,7 @@ def time_stage(models: Any, config: Any, records: list[dict[str, Any]], batch: i
     """Wall and CPU seconds for score_records over all pairs in batches, and the scores."""
     from altsieve.core import reasons
     from altsieve.filters.base import RuleSet
-    from altsieve.transforms.clip import score_records
+    from altsieve.transforms.clip.stage import score_records
 
     rules = RuleSet.for_stages(config, reasons.CLIP)
     work = _fresh(records)
@@ -129,7 +129,7 @@ class _OnnxTowers:
                 return self.model.encode_image(image)
 
         class Text(torch.nn.Module):
-            """The trimmed text tower: the sequence length is a dynamic axis (see clip.encode_text_trimmed)."""
+            """The trimmed text tower: the sequence length is a dynamic axis (see clip.model.encode_text_trimmed)."""
 
             def __init__(self) -> None:
                 super().__init__()
@@ -190,12 +190,13 @@ def time_beam(config: Any, records: list[dict[str, Any]]) -> float:
     """The ClipScore transform in a DirectRunner pipeline, model load included (a fresh process's cost)."""
     import apache_beam as beam
 
-    from altsieve.transforms import clip
+    from altsieve.transforms.clip import model as clip_model
+    from altsieve.transforms.clip import stage as clip_stage
 
-    clip._LOADED.clear()  # a worker starts without the model
+    clip_model._LOADED.clear()  # a worker starts without the model
     started = time.perf_counter()
     with beam.Pipeline(argv=["--direct_num_workers=1"]) as pipeline:
-        _ = (pipeline | beam.Create(_fresh(records)) | clip.ClipScore(config)
+        _ = (pipeline | beam.Create(_fresh(records)) | clip_stage.ClipScore(config)
              | beam.combiners.Count.Globally())
     return time.perf_counter() - started
 
@@ -204,7 +205,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every path once per round, rounds interleaved (the machines are shared: load drifts), medians reported."""
     import torch
 
-    from altsieve.transforms import clip
+    from altsieve.transforms.clip import model as clip_model
+    from altsieve.transforms.clip import stage as clip_stage
 
     torch.set_num_threads(args.threads)
     paths = args.paths.split(",")
@@ -215,9 +217,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": _cpu_name(), "load_average_before": round(os.getloadavg()[0], 2), "paths": {},
     }
     fp32_config = clip_config(args.model, args.pretrained, "fp32", args.batch, args.device)
-    fp32 = clip._Models(fp32_config.clip)
+    fp32 = clip_stage._Models(fp32_config.clip)
     _, _, reference = time_stage(fp32, fp32_config, records, args.batch)
-    trimmed = clip.supports_trimmed_text(fp32.main.model)
+    trimmed = clip_model.supports_trimmed_text(fp32.main.model)
 
     def stage_full() -> tuple[float, float, np.ndarray]:
         fp32.main._trimmed = False
@@ -236,7 +238,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for precision in ("bf16", "int8"):
         if precision in paths:
             config = clip_config(args.model, args.pretrained, precision, args.batch, args.device)
-            models = clip._Models(config.clip)
+            models = clip_stage._Models(config.clip)
             runners[precision] = functools.partial(time_stage, models, config, records, args.batch)
     if "onnx" in paths:
         try:

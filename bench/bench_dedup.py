@@ -101,7 +101,7 @@ def measure_semantic(corpus, stored: dict[int, bytes], kinds: tuple[str, ...]) -
     """The same copies by CLIP image embedding (the shipped tiny test model, on the images as the ingest stores
     them): 1 - cosine to the original per kind, and how many distinct scenes fall within each eps."""
     try:
-        from altsieve.transforms.clip import ClipScorer, ClipSpec
+        from altsieve.transforms.clip.model import ClipScorer, ClipSpec
 
         scorer = ClipScorer.load(ClipSpec())  # altsieve-tiny-clip, builtin weights
     except Exception as err:  # noqa: BLE001 - open_clip or the checkpoint missing: the pHash part stands alone

@@ -10,7 +10,7 @@ training pairs' were. A training pair is dropped (``duplicate_eval_set``) when
 * its CLIP image embedding has cosine >= ``clip_min_cosine`` with an evaluation embedding (ALIGN
   used 0.975 on its own embeddings). The training embeddings are the ClipScore stage's
   ``_embeddings.npz`` files; the evaluation images are embedded by the same model
-  (``transforms.clip.ClipScorer``, from the same resized image the ingest would store, and the
+  (``transforms.clip.model.ClipScorer``, from the same resized image the ingest would store, and the
   output's ``clip_model.json`` must name that model), and precomputed evaluation embeddings can be
   added (.npy [N, D], or .npz with ``image`` and optionally ``key``).
 
@@ -147,13 +147,13 @@ def load_eval_embeddings(path: str) -> tuple[list[str], np.ndarray]:
 
 
 class _EmbedEvalImages(beam.DoFn):
-    """Batches of (eval id, image) -> (eval ids, unit embeddings) by the run's own CLIP model (transforms.clip)."""
+    """Batches of (eval id, image) -> (eval ids, unit embeddings) by the run's CLIP model (transforms.clip.model)."""
 
     def __init__(self, spec: Any) -> None:
         self.spec = spec
 
     def process(self, batch: list[tuple[str, bytes]]):
-        from altsieve.transforms.clip import ClipScorer
+        from altsieve.transforms.clip.model import ClipScorer
 
         scorer = ClipScorer.load(self.spec)  # once per worker process
         yield [eval_id for eval_id, _ in batch], unit_rows(scorer.embed_images([image for _, image in batch]))
@@ -230,7 +230,8 @@ class _MatchEmbeddings(beam.DoFn):
 
             if self.spec is not None and self.output is not None:
                 # Evaluation images embedded by this run's model: the training embeddings must be that model's.
-                from altsieve.transforms.clip import ClipScorer, check_model
+                from altsieve.transforms.clip.model import ClipScorer
+                from altsieve.transforms.clip.store import check_model
 
                 check_model(self.output, ClipScorer.load(self.spec).identity)
             index = faiss.IndexFlatIP(vectors.shape[1])
@@ -282,7 +283,7 @@ def decontamination_report(matches: list[tuple[str, str, str, str]], eval_sets: 
 class DecontaminationFilter(CorpusRule):
     """Rows with ``phash`` -> ``duplicate_eval_set`` drops for pairs near an evaluation image.
 
-    ``embed_spec`` (a ``transforms.clip.ClipSpec``: the run's CLIP model) embeds the evaluation images too, for
+    ``embed_spec`` (a ``transforms.clip.model.ClipSpec``: the run's CLIP model) embeds the evaluation images too, for
     the embedding check; ``eval_embeddings`` are precomputed files. ``loader`` replaces the reading of the
     training pairs' embedding files (tests, benchmarks).
     """

@@ -1,7 +1,7 @@
 """Reading the CLIP embeddings the ClipScore stage writes beside each candidate shard.
 
 File format (the ClipScore stage's): ``_candidates/{partition_id}_embeddings.npz`` with ``key``
-(unicode [N]), ``image`` and ``text`` (float16 [N, D]). ``transforms.clip.load_partition_embeddings``
+(unicode [N]), ``image`` and ``text`` (float16 [N, D]). ``transforms.clip.store.load_partition_embeddings``
 is used when it exists, so the two stages cannot drift apart; otherwise the file is read here.
 """
 
@@ -22,7 +22,7 @@ def embeddings_path(output: str, partition_id: str) -> str:
 def load_partition_embeddings(output: str, partition_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(keys, image, text)`` of one partition."""
     try:
-        from altsieve.transforms.clip import load_partition_embeddings as clip_loader
+        from altsieve.transforms.clip.store import load_partition_embeddings as clip_loader
     except ImportError:
         clip_loader = None
     if clip_loader is not None:

@@ -50,7 +50,7 @@ def dedup_rules(config: Config, output: str | None) -> list[tuple[str, CorpusRul
 
         embed_spec = None
         if decontamination.embed_eval_images and config.clip.enabled and config.clip.save_embeddings:
-            from altsieve.transforms.clip import spec_of
+            from altsieve.transforms.clip.model import spec_of
 
             embed_spec = spec_of(config.clip)  # the model whose embeddings the training pairs have
         _require("faiss", "dedup.decontamination")

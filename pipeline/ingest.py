@@ -10,7 +10,9 @@ from altsieve.core import fsutil, layout, reasons
 from altsieve.core.config import Config, ConfigError, config_to_yaml
 from altsieve.pipeline.beam_run import Progress, run_pipeline
 from altsieve.pipeline.extract import CrawlInputs, prepare_crawl_inputs
-from altsieve.transforms.clip import ClipScore, model_identity, record_model_identity
+from altsieve.transforms.clip.model import model_identity
+from altsieve.transforms.clip.stage import ClipScore
+from altsieve.transforms.clip.store import record_model_identity
 from altsieve.transforms.decode import Decode
 from altsieve.transforms.download import Download
 from altsieve.transforms.heads import ClipHeads

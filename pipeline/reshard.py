@@ -192,7 +192,7 @@ class _WriteFinalShard(beam.DoFn):
         return rows
 
     def _write_embeddings(self, bucket: str, shard: int, records: list[dict[str, Any]]) -> None:
-        from altsieve.transforms.clip import load_partition_embeddings
+        from altsieve.transforms.clip.store import load_partition_embeddings
 
         keys = [r["key"] for r in records]
         by_key: dict[str, tuple[Any, Any]] = {}

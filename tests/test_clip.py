@@ -25,8 +25,10 @@ from altsieve.core import reasons  # noqa: E402 - after the importorskip
 from altsieve.core.config import ConfigError, load_config  # noqa: E402
 from altsieve.testcorpus.generator import TestCorpus  # noqa: E402
 from altsieve.testcorpus.scenes import caption_for, draw_scene, mismatched_caption, random_scene  # noqa: E402
-from altsieve.transforms import clip  # noqa: E402
-from altsieve.transforms.clip import ClipModelError, ClipScorer, ClipSpec  # noqa: E402
+from altsieve.transforms.clip import model as clip_model  # noqa: E402
+from altsieve.transforms.clip import stage as clip_stage  # noqa: E402
+from altsieve.transforms.clip import store as clip_store  # noqa: E402
+from altsieve.transforms.clip.model import ClipModelError, ClipScorer, ClipSpec  # noqa: E402
 from altsieve.transforms.imageops import ImageOptions, process_image  # noqa: E402
 from tests import test_end_to_end as e2e  # noqa: E402
 
@@ -69,9 +71,9 @@ def pipeline_image(spec) -> bytes:
 def test_shipped_checkpoint_is_small_and_registered(tiny) -> None:
     import open_clip
 
-    checkpoint = Path(clip.builtin_checkpoint())
+    checkpoint = Path(clip_model.builtin_checkpoint())
     assert checkpoint.stat().st_size <= 10 * 1024 * 1024
-    assert clip.TINY_MODEL in open_clip.list_models()
+    assert clip_model.TINY_MODEL in open_clip.list_models()
     assert tiny.embed_dim == 64 and tiny.image_size == 64
     assert len(tiny.identity["weights_sha256"]) == 64
 
@@ -91,10 +93,10 @@ def test_trimmed_text_tower_gives_the_full_features(tiny) -> None:
     import torch
 
     tokens = tiny.tokenize(["a red circle on the left", "左边有两个红色的正方形", "x", ""])
-    assert clip.supports_trimmed_text(tiny.model)
+    assert clip_model.supports_trimmed_text(tiny.model)
     with torch.inference_mode():
         full = tiny.model.encode_text(tokens)
-        trimmed = clip.encode_text_trimmed(tiny.model, tokens)
+        trimmed = clip_model.encode_text_trimmed(tiny.model, tokens)
     assert torch.allclose(full, trimmed, atol=1e-5)
 
 
@@ -183,15 +185,15 @@ def test_stage_scores_in_batches_with_a_bucket_model_of_its_own(tiny) -> None:
     records[2]["reason"] = reasons.DOWNLOAD_NOT_FOUND  # passes through unscored
     records[2].pop("image")
     config = load_config("demo", [{"clip": {"batch_size": 3, "per_language": {
-        "en": {"min_score": 0.5}, "zh": {"model": clip.TINY_MODEL, "pretrained": "random", "min_score": None}}}}])
+        "en": {"min_score": 0.5}, "zh": {"model": clip_model.TINY_MODEL, "pretrained": "random", "min_score": None}}}}])
     _COLLECTED.clear()
     with beam.Pipeline() as pipeline:
-        scored = pipeline | beam.Create(records) | clip.ClipScore(config)
+        scored = pipeline | beam.Create(records) | clip_stage.ClipScore(config)
         scored | beam.Map(_collect)
     out = list(_COLLECTED)
     assert sorted(r["key"] for r in out) == sorted(r["key"] for r in records)
     by_key = {r["key"]: r for r in out}
-    random_model = ClipScorer.load(ClipSpec(clip.TINY_MODEL, "random"))
+    random_model = ClipScorer.load(ClipSpec(clip_model.TINY_MODEL, "random"))
     for record in records:
         got = by_key[record["key"]]
         if record.get("image") is None:
@@ -202,7 +204,7 @@ def test_stage_scores_in_batches_with_a_bucket_model_of_its_own(tiny) -> None:
         text = scorer.embed_texts([record["caption"]])
         assert got["clip_score"] == pytest.approx(float((image * text).sum()), abs=1e-4)
         # The saved embeddings are always the main model's: one embedding space for the whole corpus.
-        assert np.allclose(got[clip.IMAGE_EMBEDDING_FIELD], tiny.embed_images([record["image"]])[0], atol=2e-3)
+        assert np.allclose(got[clip_store.IMAGE_EMBEDDING_FIELD], tiny.embed_images([record["image"]])[0], atol=2e-3)
         assert 0.0 <= got["nsfw_score"] <= 1.0 and 0.0 <= got["watermark_score"] <= 1.0
         assert got["reason"] is None  # true captions: above 0.5 in English, no threshold in the zh bucket
 
@@ -210,19 +212,19 @@ def test_stage_scores_in_batches_with_a_bucket_model_of_its_own(tiny) -> None:
 def test_partition_embeddings_keep_an_earlier_attempts_rows(tmp_path) -> None:
     """--retry-failed merges old rows (no embedding on the record) with new ones: the old file supplies them."""
     old = tmp_path / "p_embeddings.npz"
-    clip.write_partition_embeddings(str(old), np.array(["a", "c"]), np.ones((2, 4), np.float16),
+    clip_store.write_partition_embeddings(str(old), np.array(["a", "c"]), np.ones((2, 4), np.float16),
                                     np.full((2, 4), 2, np.float16), "sha")
     records = [
         {"key": "c", "reason": None, "image": b"x"},
-        {"key": "b", "reason": None, "image": b"y", clip.IMAGE_EMBEDDING_FIELD: np.zeros(4, np.float16),
-         clip.TEXT_EMBEDDING_FIELD: np.zeros(4, np.float16)},
+        {"key": "b", "reason": None, "image": b"y", clip_store.IMAGE_EMBEDDING_FIELD: np.zeros(4, np.float16),
+         clip_store.TEXT_EMBEDDING_FIELD: np.zeros(4, np.float16)},
         {"key": "a", "reason": reasons.CLIP_SCORE_BELOW_THRESHOLD},
     ]
-    keys, image, text = clip.partition_embeddings(records, 4, previous=str(old))
+    keys, image, text = clip_store.partition_embeddings(records, 4, previous=str(old))
     assert keys.tolist() == ["b", "c"]
     assert image[:, 0].tolist() == [0, 1] and text[:, 0].tolist() == [0, 2]
     with pytest.raises(RuntimeError, match="has no CLIP embedding"):
-        clip.partition_embeddings([{"key": "z", "reason": None, "image": b"z"}], 4)
+        clip_store.partition_embeddings([{"key": "z", "reason": None, "image": b"z"}], 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,12 +283,12 @@ def test_scores_tags_and_embeddings_beside_each_candidate_shard(clip_run) -> Non
     identity = json.loads(Path(output, "_altsieve", "clip_model.json").read_text())
     manifest = json.loads(Path(output, "manifest.json").read_text())
     assert manifest["clip"]["model"] == identity
-    assert identity["model"] == clip.TINY_MODEL and identity["embed_dim"] == 64
+    assert identity["model"] == clip_model.TINY_MODEL and identity["embed_dim"] == 64
     for parquet in sorted(Path(output, "_candidates").glob("*.parquet")):
         partition = parquet.stem
         rows = pq.read_table(parquet).to_pylist()
         kept = sorted(r["key"] for r in rows if r["reason"] is None)
-        keys, image, text = clip.load_partition_embeddings(output, partition, identity)
+        keys, image, text = clip_store.load_partition_embeddings(output, partition, identity)
         assert keys.tolist() == kept
         with tarfile.open(parquet.with_suffix(".tar")) as tar:
             assert sorted(m.name[:-4] for m in tar.getmembers() if m.name.endswith(".jpg")) == kept
@@ -308,11 +310,11 @@ def test_embeddings_of_another_model_are_refused(clip_run, tmp_path) -> None:
     partition = sorted(Path(output, "_candidates").glob("*.parquet"))[0].stem
     other = {"model": "ViT-B-32", "weights_sha256": "0" * 64, "embed_dim": 512, "pretrained": "openai"}
     with pytest.raises(ClipModelError, match="not comparable"):
-        clip.load_partition_embeddings(output, partition, other)
+        clip_store.load_partition_embeddings(output, partition, other)
     copy = tmp_path / "out"
     shutil.copytree(Path(output, "_altsieve"), copy / "_altsieve")
     with pytest.raises(ClipModelError, match="use a new --output folder"):
-        clip.record_model_identity(str(copy), other)
+        clip_store.record_model_identity(str(copy), other)
 
 
 def test_top_fraction_keeps_the_corpus_quantile(clip_run, tmp_path) -> None:

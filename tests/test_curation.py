@@ -368,7 +368,7 @@ def train_heads(folder: Path) -> tuple[Path, Path]:
     """A 2-layer aesthetic regressor (torch state dict, ReLU) and a logistic NSFW head (.npz), on 200 scenes."""
     import torch
 
-    from altsieve.transforms.clip import ClipScorer, ClipSpec
+    from altsieve.transforms.clip.model import ClipScorer, ClipSpec
 
     corpus = generate_corpus(200, seed=31, label_counts={})
     stored = [process_image(corpus.responses[p.path].body).data for p in corpus.pairs]

@@ -153,7 +153,8 @@ def test_semantic_on_the_test_corpus_with_the_tiny_clip(planted, planted_rows, t
     """The same planted copies by SemDeDup on CLIP image embeddings of the shipped tiny test model (the images as
     the ingest stores them), against pHash: measured per kind (README), with loose bounds asserted."""
     pytest.importorskip("open_clip")
-    from altsieve.transforms.clip import ClipScorer, ClipSpec, builtin_checkpoint, record_model_identity
+    from altsieve.transforms.clip.model import ClipScorer, ClipSpec, builtin_checkpoint
+    from altsieve.transforms.clip.store import record_model_identity
 
     try:
         builtin_checkpoint()
@@ -482,7 +483,8 @@ def test_decontamination_by_phash_and_embedding(planted, planted_rows, tmp_path)
 def test_decontamination_embeds_eval_images_with_the_runs_clip_model(planted, tmp_path) -> None:
     """Evaluation images embedded by the ClipScore stage's model (random tiny weights: fast, one process)."""
     pytest.importorskip("open_clip")
-    from altsieve.transforms.clip import TINY_MODEL, ClipScorer, ClipSpec, record_model_identity
+    from altsieve.transforms.clip.model import TINY_MODEL, ClipScorer, ClipSpec
+    from altsieve.transforms.clip.store import record_model_identity
 
     spec = ClipSpec(model=TINY_MODEL, pretrained="random")
     scorer = ClipScorer.load(spec)  # cached per process: the rule's DoFn gets these same weights

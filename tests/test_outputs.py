@@ -119,7 +119,7 @@ def test_embeddings_in_clip_retrieval_layout_build_a_faiss_index(demo) -> None:
     import faiss
     from embedding_reader import EmbeddingReader
 
-    from altsieve.transforms.clip import load_partition_embeddings
+    from altsieve.transforms.clip.store import load_partition_embeddings
 
     dataset, stats = demo
     root = dataset / layout.EMBEDDINGS_DIR

@@ -4,7 +4,7 @@ WriteShards writes a partition when its last record arrives, and a partition's r
 one bundle (transforms/write_shards.py): a stage that buffers records for a batch must let them go
 when their partition is complete, or finished partitions would wait for the bundle's end (a killed
 run would lose them). ``PartitionBatches`` does the bookkeeping; a subclass says which records need
-work (``wants``) and does a batch in place (``run_batch``). ClipScore (transforms/clip.py) keeps the
+work (``wants``) and does a batch in place (``run_batch``). ClipScore (transforms/clip/stage.py) keeps the
 same rule with its own copy of this loop.
 """
 

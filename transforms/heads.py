@@ -30,7 +30,7 @@ from altsieve.core.config import Config, ConfigError, HeadConfig
 from altsieve.core.layout import Column
 from altsieve.filters.base import RuleSet
 from altsieve.transforms.batching import PartitionBatches
-from altsieve.transforms.clip import IMAGE_EMBEDDING_FIELD  # ClipScore leaves it on each kept record
+from altsieve.transforms.clip.store import IMAGE_EMBEDDING_FIELD  # ClipScore leaves it on each kept record
 from altsieve.transforms.metrics import count_drops
 from altsieve.transforms.thumbnails import set_aside
 

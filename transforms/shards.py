@@ -26,7 +26,9 @@ import pyarrow.parquet as pq
 from altsieve.core import fsutil, reasons
 from altsieve.core.layout import Column
 from altsieve.filters import corpus
-from altsieve.transforms import clip, crop_features, decode, download, heads, image_content, language, thumbnails
+from altsieve.transforms import crop_features, decode, download, heads, image_content, language, thumbnails
+from altsieve.transforms.clip import stage as clip_stage
+from altsieve.transforms.clip import store as clip_store
 
 # Every row's identity and outcome; each stage declares the fields it adds (``COLUMNS`` in its module).
 RECORD_COLUMNS = (
@@ -41,14 +43,14 @@ RECORD_COLUMNS = (
 # The Parquet columns, in pipeline order: what each stage declares. A record field outside these and
 # INTERNAL_FIELDS is refused by ``to_table`` (a column a stage forgot to declare would be lost).
 COLUMNS: tuple[Column, ...] = (
-    *RECORD_COLUMNS, *language.COLUMNS, *download.COLUMNS, *decode.COLUMNS, *corpus.COLUMNS, *clip.COLUMNS,
+    *RECORD_COLUMNS, *language.COLUMNS, *download.COLUMNS, *decode.COLUMNS, *corpus.COLUMNS, *clip_stage.COLUMNS,
     *image_content.COLUMNS, *heads.COLUMNS,
 )
 COLUMN_NAMES = [column.name for column in COLUMNS]
 # Fields that ride along a record but are never columns: the image itself, the input's own columns
 # (folded under ``extra``), bookkeeping, and the CLIP embeddings (in _candidates/*_embeddings.npz).
-INTERNAL_FIELDS = frozenset({"image", "body", "extra", "partition_size",
-                             clip.IMAGE_EMBEDDING_FIELD, clip.TEXT_EMBEDDING_FIELD, thumbnails.SET_ASIDE_FIELD,
+INTERNAL_FIELDS = frozenset({"image", "body", "extra", "partition_size", clip_store.IMAGE_EMBEDDING_FIELD,
+                             clip_store.TEXT_EMBEDDING_FIELD, thumbnails.SET_ASIDE_FIELD,
                              # Decode's pixels for ImageContent, and the crop features (in _candidates/*_crop.npz).
                              decode.PIXELS_FIELD, crop_features.CROP_FEATURES_FIELD})
 _NOT_IN_JSON = INTERNAL_FIELDS | {"partition_id"}

@@ -346,7 +346,7 @@ class ClipTagsConfig(_Section):
 
 
 class ClipConfig(_Section):
-    """ClipScore (transforms/clip.py): open_clip image-text cosine per pair, tags, embeddings beside the shards."""
+    """ClipScore (transforms/clip/): open_clip image-text cosine per pair, tags, embeddings beside the shards."""
 
     enabled: bool = False
     # Any open_clip model name (open_clip.list_models()); altsieve-tiny-clip is the TEST model shipped with altsieve.

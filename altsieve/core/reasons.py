@@ -61,7 +61,7 @@ IMAGE_ASPECT_RATIO = "image_aspect_ratio"
 IMAGE_TOO_FEW_PIXELS = "image_too_few_pixels"
 IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"
 
-# CLIP (transforms/clip.py): every code starts with "clip_" so the funnel's "CLIP rules" stage groups them
+# CLIP (filters/clip.py): every code starts with "clip_" so the funnel's "CLIP rules" stage groups them
 CLIP_SCORE_BELOW_THRESHOLD = "clip_score_below_threshold"  # ingest: below clip.min_score (or its language bucket's)
 CLIP_SCORE_BELOW_QUANTILE = "clip_score_below_quantile"  # select: outside the corpus's top clip.top_fraction
 CLIP_NSFW = "clip_nsfw"  # zero-shot NSFW probability above clip.tags.drop_nsfw_above (tags only by default)

@@ -19,7 +19,7 @@ The images are seen the way the pipeline shows them to the model: the ingest pas
 320x240 image (``border`` mode by default: 256x192 padded with white to 256x256; ``center_crop``
 and ``keep_ratio`` give a centre crop), then the model's preprocess resizes to 64 px and crops the
 centre. Each pooled scene is rendered in one of those two views. Batches are one language each,
-so that the text tower runs on the batch's longest caption only (``transforms.clip.encode_text_trimmed``).
+so that the text tower runs on the batch's longest caption only (``transforms.clip.model.encode_text_trimmed``).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F  # noqa: N812 - the usual name
 
-    from altsieve.transforms.clip import encode_text_trimmed
+    from altsieve.transforms.clip.model import encode_text_trimmed
 
     torch.manual_seed(TORCH_SEED)
     torch.set_num_threads(args.threads)
@@ -191,7 +191,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 def evaluate(checkpoint: Path, n_scenes: int, seed: int) -> dict[str, Any]:
     """Held-out scenes (another seed), through the pipeline's own scorer: matching vs mismatched captions."""
     from altsieve.testcorpus.scenes import caption_for, mismatched_caption
-    from altsieve.transforms.clip import ClipScorer, ClipSpec
+    from altsieve.transforms.clip.model import ClipScorer, ClipSpec
 
     scorer = ClipScorer.load(ClipSpec(model=MODEL_NAME, pretrained=str(checkpoint)))
     jobs = scene_jobs(n_scenes, seed, scorer.image_size)

@@ -28,7 +28,7 @@ WANTED = [
     "key", "url", "caption", "reason", "status", "error_message", "original_width", "original_height",
     "bytes", "http_status", "language", "language_score", "clip_score", "duplicate_of", "sha256", "phash",
 ]
-# transforms/clip.py writes them (not imported: it brings Beam, 2 s of the audit's start-up).
+# transforms/clip/store.py writes them (not imported: it brings Beam, 2 s of the audit's start-up).
 EMBEDDINGS_SUFFIX = "_embeddings.npz"
 BATCH_ROWS = 65_536  # for bare Parquet read by row-group batches
 
