@@ -13,14 +13,20 @@ the default border mode, JPEG q95) with short English alt-texts. Paths, each ove
               quantization of the Linear layers: torch.ao.quantization.quantize_dynamic)
   onnx        the stage with both towers exported to ONNX (torch.onnx.export, dynamo exporter, dynamic batch and
               caption length) and run by ONNX Runtime's CPU provider (needs `pip install onnxruntime onnxscript`)
-  beam        the whole ClipScore transform in a DirectRunner pipeline (model load and pipeline start included)
+  beam        the whole ClipScore transform (RunInference + ClipModelHandler) in a DirectRunner pipeline, model load
+              and pipeline start included
+  beam-dofn   the same pipeline with the hand-written stage ClipScore had before RunInference (a DoFn buffering
+              pairs into batches, flushed when full or when a partition is complete, models held by Beam's
+              Shared), kept here to measure what RunInference costs; both beam paths run --beam-rounds times,
+              interleaved, and report the median
 
 Each faster path reports max |score - fp32 score| over the pairs; the spec allows 0.01. ViT-B-32 with random
 weights is the speed model (`--model ViT-B-32 --pretrained random`); scores of random weights sit near 0, so
 the differences are also measured on the shipped tiny model, whose scores are trained.
 
 Usage: python bench/bench_clip.py [--model ViT-B-32] [--pretrained random] [--n 128] [--batch 32] [--rounds 3]
-       [--threads 2] [--device cpu|cuda] [--paths raw,stage,stage-full,bf16,int8,onnx,beam] [--json out.json]
+       [--threads 2] [--device cpu|cuda] [--paths raw,stage,stage-full,bf16,int8,onnx,beam,beam-dofn]
+       [--beam-rounds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -186,7 +192,65 @@ def onnx_models(models: Any, threads: int) -> Any:
     return onnx
 
 
-def time_beam(config: Any, records: list[dict[str, Any]]) -> float:
+def hand_written_stage(config: Any) -> Any:
+    """ClipScore as it was before RunInference: one DoFn that batches pairs itself and holds the models in Shared.
+
+    A batch is scored when full or when the last record of its partition arrives; records without an image
+    (or with a reason) pass through at once. Only this benchmark runs it.
+    """
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+    from apache_beam.transforms.window import GlobalWindows
+    from apache_beam.utils.shared import Shared
+
+    from altsieve.core import reasons
+    from altsieve.filters.base import RuleSet
+    from altsieve.transforms.clip.stage import ClipModels, score_records, to_score
+    from altsieve.transforms.metrics import count_drops
+
+    class ScoreBatches(beam.DoFn):
+        def __init__(self, shared: Shared) -> None:
+            self._shared = shared
+            self._scored = Metrics.counter("altsieve", "clip_pairs_scored")
+            self._batches = Metrics.counter("altsieve", "clip_batches")
+
+        def setup(self) -> None:
+            self._models = self._shared.acquire(lambda: ClipModels(config.clip), tag="clip")
+            self._rules = RuleSet.for_stages(config, reasons.CLIP)
+
+        def start_bundle(self) -> None:
+            self._buffer: list[dict[str, Any]] = []
+            self._seen: dict[str, int] = {}
+
+        def process(self, record: dict[str, Any]):
+            if to_score(record):
+                self._buffer.append(record)
+            else:
+                yield record
+            partition_id = record["partition_id"]
+            self._seen[partition_id] = self._seen.get(partition_id, 0) + 1
+            done = self._seen[partition_id] == record["partition_size"]
+            if done or len(self._buffer) >= config.clip.batch_size:
+                yield from self._flush()
+
+        def finish_bundle(self):
+            for record in self._flush():
+                yield GlobalWindows.windowed_value(record)
+            count_drops(self._rules)
+
+        def _flush(self) -> list[dict[str, Any]]:
+            batch, self._buffer = self._buffer, []
+            for start in range(0, len(batch), config.clip.batch_size):
+                chunk = batch[start : start + config.clip.batch_size]
+                score_records(self._models, config.clip, config.language, chunk, self._rules)
+                self._scored.inc(len(chunk))
+                self._batches.inc()
+            return batch
+
+    return beam.ParDo(ScoreBatches(Shared()))
+
+
+def time_beam(config: Any, records: list[dict[str, Any]], hand_written: bool = False) -> float:
     """The ClipScore transform in a DirectRunner pipeline, model load included (a fresh process's cost)."""
     import apache_beam as beam
 
@@ -194,10 +258,10 @@ def time_beam(config: Any, records: list[dict[str, Any]]) -> float:
     from altsieve.transforms.clip import stage as clip_stage
 
     clip_model._LOADED.clear()  # a worker starts without the model
+    stage = hand_written_stage(config) if hand_written else clip_stage.ClipScore(config)
     started = time.perf_counter()
     with beam.Pipeline(argv=["--direct_num_workers=1"]) as pipeline:
-        _ = (pipeline | beam.Create(_fresh(records)) | clip_stage.ClipScore(config)
-             | beam.combiners.Count.Globally())
+        _ = pipeline | beam.Create(_fresh(records)) | stage | beam.combiners.Count.Globally()
     return time.perf_counter() - started
 
 
@@ -217,7 +281,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": _cpu_name(), "load_average_before": round(os.getloadavg()[0], 2), "paths": {},
     }
     fp32_config = clip_config(args.model, args.pretrained, "fp32", args.batch, args.device)
-    fp32 = clip_stage._Models(fp32_config.clip)
+    fp32 = clip_stage.ClipModels(fp32_config.clip)
     _, _, reference = time_stage(fp32, fp32_config, records, args.batch)
     trimmed = clip_model.supports_trimmed_text(fp32.main.model)
 
@@ -238,7 +302,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for precision in ("bf16", "int8"):
         if precision in paths:
             config = clip_config(args.model, args.pretrained, precision, args.batch, args.device)
-            models = clip_stage._Models(config.clip)
+            models = clip_stage.ClipModels(config.clip)
             runners[precision] = functools.partial(time_stage, models, config, records, args.batch)
     if "onnx" in paths:
         try:
@@ -267,8 +331,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if name in diffs:
             entry["max_abs_score_diff_vs_fp32"] = round(diffs[name], 5)
         results["paths"][name] = entry
-    if "beam" in paths:
-        results["paths"]["beam"] = {"pairs_per_s": round(args.n / time_beam(fp32_config, records), 2)}
+    beam_paths = [name for name in ("beam", "beam-dofn") if name in paths]
+    beam_seconds: dict[str, list[float]] = {name: [] for name in beam_paths}
+    for round_index in range(args.beam_rounds if beam_paths else 0):
+        for name in beam_paths if round_index % 2 == 0 else beam_paths[::-1]:  # alternate who runs first
+            beam_seconds[name].append(time_beam(fp32_config, records, hand_written=name == "beam-dofn"))
+    for name, seconds in beam_seconds.items():
+        results["paths"][name] = {"seconds": [round(x, 3) for x in seconds],
+                                  "pairs_per_s": round(args.n / statistics.median(seconds), 2)}
+    if len(beam_paths) == 2:
+        results["beam_over_beam_dofn"] = round(
+            statistics.median(beam_seconds["beam"]) / statistics.median(beam_seconds["beam-dofn"]), 3)
     results["load_average_after"] = round(os.getloadavg()[0], 2)
     raw = results["paths"].get("raw", {}).get("pairs_per_s")
     for name, entry in results["paths"].items():
@@ -278,6 +351,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name:<11} {entry['pairs_per_s']:>9.2f} pairs/s  {entry.get('pairs_per_cpu_s', float('nan')):>9.2f} "
               f"pairs/cpu-s  x{entry.get('over_raw', float('nan')):.3f} of raw  "
               + (f"max |score diff| {accuracy:.5f}" if accuracy is not None else ""), flush=True)
+    if "beam_over_beam_dofn" in results:
+        print(f"beam (RunInference) / beam-dofn (hand-written) wall time: x{results['beam_over_beam_dofn']:.3f}")
     return results
 
 
@@ -301,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--paths", default="raw,stage,stage-full,bf16,int8,onnx,beam")
+    parser.add_argument("--paths", default="raw,stage,stage-full,bf16,int8,onnx,beam,beam-dofn")
+    parser.add_argument("--beam-rounds", dest="beam_rounds", type=int, default=3)
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args(argv)
     results = measure(args)

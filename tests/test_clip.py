@@ -23,6 +23,8 @@ pytest.importorskip("open_clip")
 
 from altsieve.core import reasons  # noqa: E402 - after the importorskip
 from altsieve.core.config import ConfigError, load_config  # noqa: E402
+from altsieve.pipeline.cli import run_all  # noqa: E402
+from altsieve.pipeline.demo import demo_config  # noqa: E402
 from altsieve.testcorpus.generator import TestCorpus  # noqa: E402
 from altsieve.testcorpus.scenes import caption_for, draw_scene, mismatched_caption, random_scene  # noqa: E402
 from altsieve.transforms.clip import model as clip_model  # noqa: E402
@@ -303,6 +305,36 @@ def test_scores_tags_and_embeddings_beside_each_candidate_shard(clip_run) -> Non
             assert (row["clip_score"] is not None) == scored
             if scored:
                 assert 0.0 <= row["nsfw_score"] <= 1.0 and 0.0 <= row["watermark_score"] <= 1.0
+
+
+def _same_rows_and_embeddings(output: str, reference: str) -> None:
+    """Every row as in the reference run (scores to float32 rounding: batches may be cut elsewhere), and the
+    embeddings beside each shard."""
+    rows, expected = e2e._without_server(e2e.all_rows(output)), e2e._without_server(e2e.all_rows(reference))
+    assert rows.keys() == expected.keys()
+    for key, row in rows.items():
+        for column in ("clip_score", "nsfw_score", "watermark_score"):
+            assert (row.pop(column) is None) == (expected[key][column] is None)
+            expected[key].pop(column)
+        assert row == expected[key]
+    identity = json.loads(Path(reference, "_altsieve", "clip_model.json").read_text())
+    for parquet in sorted(Path(reference, "_candidates").glob("*.parquet")):
+        keys, image, _ = clip_store.load_partition_embeddings(output, parquet.stem, identity)
+        reference_keys, reference_image, _ = clip_store.load_partition_embeddings(reference, parquet.stem, identity)
+        assert keys.tolist() == reference_keys.tolist()
+        assert np.allclose(image.astype(np.float32), reference_image.astype(np.float32), atol=2e-3)
+
+
+def test_the_stage_in_two_worker_processes_gives_the_same_output(corpus, clip_run, tmp_path) -> None:
+    """Each worker process loads the model (the launcher's weights check passes) and no partition leaves its bundle."""
+    reference, _ = clip_run
+    output = str(tmp_path / "mp")
+    with e2e.serving(corpus, tmp_path) as (_, input_path):
+        stats = run_all(demo_config("demo"), [input_path], output,
+                        ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    _same_rows_and_embeddings(output, reference)
+    assert stats["metrics"]["clip_pairs_scored"] == sum(
+        1 for row in e2e.all_rows(reference).values() if row["clip_score"] is not None)
 
 
 def test_embeddings_of_another_model_are_refused(clip_run, tmp_path) -> None:

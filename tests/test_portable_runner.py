@@ -20,7 +20,7 @@ import pytest
 
 from altsieve.pipeline.cli import run_all
 from altsieve.pipeline.demo import demo_config
-from tests.test_end_to_end import _comparable, _tar_members, _without_server, all_rows, final_keys, serving
+from tests.test_end_to_end import _comparable, _tar_members, _without_server, all_rows, final_keys, key_of, serving
 
 
 def _free_port() -> int:
@@ -85,3 +85,17 @@ def test_portable_runner_gives_the_direct_runners_output(corpus, portable_servic
         assert _comparable(_tar_members(path)) == _comparable(_tar_members(Path(portable, path.name)))
     # Counters travel back from the SDK harnesses to the launcher.
     assert stats["metrics"].get("pairs_fetched", 0) > 0
+
+
+def test_portable_runner_scores_clip_as_the_direct_runner(corpus, portable_services, tmp_path) -> None:
+    """ClipScore (RunInference) in SDK harnesses: the model loads there, passes the launcher's weights check,
+    and every partition reaches WriteShards whole, with the CLIP drops the truth table expects."""
+    pytest.importorskip("open_clip")
+    from tests.test_clip import expected_with_clip
+
+    with serving(corpus, tmp_path / "portable") as (_, input_path):
+        stats = run_all(demo_config("demo"), [input_path], str(tmp_path / "portable-out"), portable_services)
+    rows = all_rows(str(tmp_path / "portable-out"))
+    expected = expected_with_clip(corpus)
+    assert {pair_id: rows[key_of(pair_id)]["reason"] for pair_id in expected} == expected
+    assert stats["metrics"]["clip_pairs_scored"] > 0
