@@ -27,8 +27,8 @@ import numpy as np
 from apache_beam import pvalue
 
 DEFAULT_SHARD_BITS = 8
-DEFAULT_BATCH_SIZE = 8192
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+# Rows per batch before sharding: ~8k rows amortise Beam's per-element cost; a batch's arrays stay a few MB.
+BATCH_SIZE = 8192
 
 
 class BandScheme(Protocol):
@@ -164,20 +164,18 @@ class BandedPairs(beam.PTransform):
     """
 
     def __init__(self, scheme: BandScheme, to_payload: Callable[[list[Any]], np.ndarray],
-                 shard_bits: int = DEFAULT_SHARD_BITS, batch_size: int = DEFAULT_BATCH_SIZE,
-                 verify_in_group: bool = True) -> None:
+                 shard_bits: int = DEFAULT_SHARD_BITS, verify_in_group: bool = True) -> None:
         super().__init__()
         self.scheme = scheme
         self.to_payload = to_payload
         self.shard_bits = shard_bits
-        self.batch_size = batch_size
         self.verify_in_group = verify_in_group
 
     def expand(self, members: beam.PCollection) -> pvalue.DoOutputsTuple:
         scheme, shard_bits, to_payload, verify = self.scheme, self.shard_bits, self.to_payload, self.verify_in_group
         return (
             members
-            | "Batch" >> beam.BatchElements(min_batch_size=min(1024, self.batch_size), max_batch_size=self.batch_size)
+            | "Batch" >> beam.BatchElements(min_batch_size=1024, max_batch_size=BATCH_SIZE)
             | "ShardByBand" >> beam.FlatMap(lambda rows: _shard_batch(rows, scheme, shard_bits, to_payload, verify))
             | "GroupByBandShard" >> beam.GroupByKey()
             | "PairsInShard" >> beam.ParDo(_PairsInShard(scheme, verify)).with_outputs("same", main="edges")

@@ -220,8 +220,8 @@ class _MatchPHashes(beam.DoFn):
 class _MatchEmbeddings(beam.DoFn):
     """(partition_id, keys) -> (partition_id, key, eval id, "clip") for embeddings too close to an evaluation one."""
 
-    def __init__(self, output: str | None, min_cosine: float, spec: Any = None, loader: Any = None) -> None:
-        self.output, self.min_cosine, self.spec, self.loader = output, min_cosine, spec, loader
+    def __init__(self, output: str | None, min_cosine: float, spec: Any = None) -> None:
+        self.output, self.min_cosine, self.spec = output, min_cosine, spec
         self._cache: tuple[int, Any] | None = None
 
     def _index(self, vectors: np.ndarray):
@@ -245,8 +245,7 @@ class _MatchEmbeddings(beam.DoFn):
         if not ids:
             return
         index = self._index(eval_vectors)
-        loader = self.loader or (lambda pid, wanted: image_embeddings_for(self.output, pid, wanted))
-        found, vectors = loader(partition_id, sorted(keys))
+        found, vectors = image_embeddings_for(self.output, partition_id, sorted(keys))
         if not found:
             return
         similarity, nearest = index.search(vectors, 1)
@@ -284,15 +283,14 @@ class DecontaminationFilter(CorpusRule):
     """Rows with ``phash`` -> ``duplicate_eval_set`` drops for pairs near an evaluation image.
 
     ``embed_spec`` (a ``transforms.clip.model.ClipSpec``: the run's CLIP model) embeds the evaluation images too, for
-    the embedding check; ``eval_embeddings`` are precomputed files. ``loader`` replaces the reading of the
-    training pairs' embedding files (tests, benchmarks).
+    the embedding check; ``eval_embeddings`` are precomputed files.
     """
 
     columns = ("key", "partition_id", "phash")
 
     def __init__(self, output: str | None, eval_sets: list[str], eval_embeddings: list[str] | None = None,
                  phash_max_distance: int | None = 4, clip_min_cosine: float = 0.975,
-                 image_options: ImageOptions | None = None, embed_spec: Any = None, loader: Any = None) -> None:
+                 image_options: ImageOptions | None = None, embed_spec: Any = None) -> None:
         super().__init__()
         for path in [*eval_sets, *(eval_embeddings or [])]:
             fs, root = fsspec.core.url_to_fs(path)
@@ -305,7 +303,6 @@ class DecontaminationFilter(CorpusRule):
         self.clip_min_cosine = clip_min_cosine
         self.image_options = image_options or ImageOptions()
         self.embed_spec = embed_spec if self.eval_sets else None
-        self.loader = loader
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         pipeline = rows.pipeline
@@ -357,8 +354,7 @@ class DecontaminationFilter(CorpusRule):
                 | "KeyByPartition" >> beam.Map(lambda row: (row["partition_id"], row["key"]))
                 | "GroupByPartition" >> beam.GroupByKey()
                 | "MatchEmbeddings" >> beam.ParDo(
-                    _MatchEmbeddings(self.output, self.clip_min_cosine, self.embed_spec if identity_check else None,
-                                     self.loader),
+                    _MatchEmbeddings(self.output, self.clip_min_cosine, self.embed_spec if identity_check else None),
                     evals=beam.pvalue.AsSingleton(eval_vectors),
                 )
             )

@@ -21,8 +21,8 @@ import apache_beam as beam
 import numpy as np
 
 from altsieve.core import reasons
-from altsieve.dedup.banding import DEFAULT_SHARD_BITS, BandedPairs
-from altsieve.dedup.resolve import DEFAULT_ROUNDS, drops_from_edges
+from altsieve.dedup.banding import BandedPairs
+from altsieve.dedup.resolve import drops_from_edges
 from altsieve.filters.corpus import CorpusRule
 from altsieve.filters.hashing import band_layout
 
@@ -95,18 +95,15 @@ class PerceptualDuplicateFilter(CorpusRule):
 
     columns = ("key", "partition_id", "phash")
 
-    def __init__(self, max_distance: int = 4, bands: int | None = None, rounds: int = DEFAULT_ROUNDS,
-                 shard_bits: int = DEFAULT_SHARD_BITS) -> None:
+    def __init__(self, max_distance: int = 4, bands: int | None = None) -> None:
         super().__init__()
         self.scheme = PHashScheme(max_distance, bands)
-        self.rounds = rounds
-        self.shard_bits = shard_bits
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         pairs = (
             rows
             | "WithHash" >> beam.Filter(lambda row: row.get("phash") is not None)
             | "Members" >> beam.Map(lambda row: (row["key"], row["partition_id"], row["phash"]))
-            | "Bands" >> BandedPairs(self.scheme, phash_payload, self.shard_bits)
+            | "Bands" >> BandedPairs(self.scheme, phash_payload)
         )
-        return drops_from_edges(pairs.edges, pairs.same, reasons.DUPLICATE_PHASH, self.rounds)
+        return drops_from_edges(pairs.edges, pairs.same, reasons.DUPLICATE_PHASH)

@@ -82,22 +82,6 @@ class _Decide(beam.DoFn):
             yield pvalue.TaggedOutput("status", (v, KEPT))
 
 
-def sequential_greedy(pending: Iterable[Pending]) -> Iterator[tuple[str, str, str]]:
-    """The same rule as a plain loop: ``(key, partition_id, duplicate_of)`` for each dropped pair (a reference).
-
-    ``pending`` lists every pair that has smaller neighbours, with them; one that is not listed has none: kept.
-    """
-    entries = dict(pending)
-    kept: set[str] = set()
-    for key in sorted(entries):
-        partition_id, lower = entries[key]
-        kept_lower = [u for u in lower if u in kept or u not in entries]
-        if kept_lower:
-            yield key, partition_id, min(kept_lower)
-        else:
-            kept.add(key)
-
-
 def _finish_rest(
     element: tuple[None, Iterable[tuple[str, str, list[tuple[str, str]]]]],
 ) -> Iterator[tuple[str, str, str]]:
@@ -178,9 +162,7 @@ class GreedyResolve(beam.PTransform):
         )
 
 
-def follow_representatives(
-    same: beam.PCollection, resolved: beam.PCollection, reason: str, label: str = "Follow"
-) -> beam.PCollection:
+def follow_representatives(same: beam.PCollection, resolved: beam.PCollection, reason: str) -> beam.PCollection:
     """Drops of pairs identical to a representative: ``duplicate_of`` moves on when the representative was dropped.
 
     ``same`` holds ``(key, partition_id, representative)``: pairs with exactly the payload of a smaller one. They
@@ -196,18 +178,16 @@ def follow_representatives(
 
     return (
         {
-            "same": same | f"{label}KeySame" >> beam.Map(lambda s: (s[2], (s[0], s[1]))),
-            "resolved": resolved | f"{label}KeyResolved" >> beam.Map(lambda d: (d[1][0], d[1][2])),
+            "same": same | "FollowKeySame" >> beam.Map(lambda s: (s[2], (s[0], s[1]))),
+            "resolved": resolved | "FollowKeyResolved" >> beam.Map(lambda d: (d[1][0], d[1][2])),
         }
-        | f"{label}Join" >> beam.CoGroupByKey()
-        | f"{label}Name" >> beam.FlatMap(name_kept)
+        | "FollowJoin" >> beam.CoGroupByKey()
+        | "FollowName" >> beam.FlatMap(name_kept)
     )
 
 
-def drops_from_edges(
-    edges: beam.PCollection, same: beam.PCollection, reason: str, rounds: int = DEFAULT_ROUNDS
-) -> beam.PCollection:
+def drops_from_edges(edges: beam.PCollection, same: beam.PCollection, reason: str) -> beam.PCollection:
     """Edges between distinct representatives, plus identical pairs -> every drop of the rule, each once."""
-    resolved = edges | "Resolve" >> GreedyResolve(reason, rounds)
+    resolved = edges | "Resolve" >> GreedyResolve(reason)
     identical = follow_representatives(same, resolved, reason)
     return (resolved, identical) | "Drops" >> beam.Flatten()

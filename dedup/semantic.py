@@ -280,37 +280,28 @@ class _SumHistograms(beam.CombineFn):
         return accumulator
 
 
-def _write_choice(output: str | None, record: dict[str, Any]) -> None:
-    if output is None:
-        return
+def _write_choice(output: str, record: dict[str, Any]) -> None:
     from altsieve.core import fsutil, layout
 
     fsutil.write_json(layout.meta(output, "semantic_dedup.json"), record)
 
 
 class SemanticDuplicateFilter(CorpusRule):
-    """Rows -> ``duplicate_semantic`` drops, from the partitions' CLIP image embeddings (see the module docstring).
-
-    ``loader`` reads one partition's embeddings; by default the ClipScore stage's ``_embeddings.npz`` beside each
-    candidate shard of ``output``.
-    """
+    """Rows -> ``duplicate_semantic`` drops, from the partitions' CLIP image embeddings (see the module docstring):
+    the ClipScore stage's ``_embeddings.npz`` beside each candidate shard of ``output``."""
 
     columns = ("key", "partition_id")
 
-    def __init__(self, output: str | None, eps: float = 0.00095, target_fraction: float | None = None,
+    def __init__(self, output: str, eps: float = 0.00095, target_fraction: float | None = None,
                  n_clusters: int = 1000, sample_size: int = 100_000, keep: str = "farthest_from_centroid",
-                 seed: int = 0, loader: Loader | None = None) -> None:
+                 seed: int = 0) -> None:
         super().__init__()
         if keep not in ("farthest_from_centroid", "smallest_key"):
             raise ValueError(f"keep must be farthest_from_centroid or smallest_key, got {keep!r}")
-        if loader is None:
-            if output is None:
-                raise ValueError("SemanticDuplicateFilter needs the output folder or a loader")
-            loader = functools.partial(image_embeddings_for, output)
         self.output = output
         self.eps, self.target_fraction = eps, target_fraction
         self.n_clusters, self.sample_size, self.keep, self.seed = n_clusters, sample_size, keep, seed
-        self.loader = loader
+        self.loader: Loader = functools.partial(image_embeddings_for, output)
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         loader, seed, sample_size, keep = self.loader, self.seed, self.sample_size, self.keep

@@ -415,13 +415,27 @@ def _add_crawl_flags(parser: argparse.ArgumentParser) -> None:
                        help="keep .svg images (default: off, they are skipped)")
     group.add_argument("--crawl-id", dest="crawl_id", metavar="ID",
                        help="crawl id to record when neither warcinfo nor path says (default: none)")
+    group.add_argument("--max-record-mib", dest="max_record_mib", type=_positive_mib, default=5.0, metavar="MIB",
+                       help="read at most this many MiB of one record's payload (default: 5; Common Crawl truncates "
+                            "at 1 MiB, other crawls may not)")
+
+
+def _positive_mib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MiB") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} MiB: give a size above 0")
+    return value
 
 
 def _crawl_inputs(args: argparse.Namespace) -> Any:
     from altsieve.pipeline.extract import CrawlInputs
     from altsieve.transforms.crawl.pairs import ExtractOptions
 
-    options = ExtractOptions(surrounding_text=args.surrounding_text, keep_svg=args.keep_svg, crawl_id=args.crawl_id)
+    options = ExtractOptions(surrounding_text=args.surrounding_text, keep_svg=args.keep_svg, crawl_id=args.crawl_id,
+                             max_record_bytes=int(args.max_record_mib * (1 << 20)))
     return CrawlInputs(limit=args.limit, cc_base_url=args.cc_base_url, options=options)
 
 

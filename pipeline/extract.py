@@ -40,7 +40,7 @@ def extract_stats(metrics: dict[str, Any], files: list[CrawlFile], options: Extr
     return {
         "inputs": [{"index": f.index, "path": f.path, "kind": f.kind} for f in files],
         "options": {"surrounding_text": options.surrounding_text, "keep_svg": options.keep_svg,
-                    "crawl_id": options.crawl_id},
+                    "crawl_id": options.crawl_id, "max_record_bytes": options.max_record_bytes},
         **volumes,
         "skipped": skipped,
         "elapsed_s": round(elapsed_s, 3),

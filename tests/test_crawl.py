@@ -450,3 +450,19 @@ def test_run_extract_counts_match_the_reader(tmp_path) -> None:
     stats = run_extract(list_crawl_files([str(warc)]), str(tmp_path / "out"), ExtractOptions(), [])
     assert stats["skipped"] == {**TRICKY_SKIPS, reasons.CRAWL_DUPLICATE: 1}
     assert stats["pairs"] == len(set(TRICKY_PAIRS)) and stats["img_tags"] == 14 + sum(TRICKY_SKIPS.values())
+
+
+def test_max_record_mib_caps_what_is_read_of_a_payload(tmp_path) -> None:
+    """`--max-record-mib`: an img tag past the cap is not read; the cap lands in extract_stats.json."""
+    body = '<img src="early.jpg" alt="early">' + "<p>" + "x" * (2 << 20) + "</p>" + '<img src="late.jpg" alt="late">'
+    warc = tmp_path / "big.warc.gz"
+    write_warc(str(warc), [html_page("https://t.example/", body)])
+    captions = {}
+    for mib in ("1", "3"):
+        output = tmp_path / f"out-{mib}"
+        assert main(["extract", str(warc), "--output", str(output), "--max-record-mib", mib]) == 0
+        stats = json.loads((output / STATS_NAME).read_text())
+        assert stats["options"]["max_record_bytes"] == int(mib) << 20
+        captions[mib] = sorted(row["caption"] for path in output.glob("*.parquet")
+                               for row in pq.read_table(path).to_pylist())
+    assert captions == {"1": ["early"], "3": ["early", "late"]}

@@ -15,7 +15,7 @@ import pickle
 import random
 import sys
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from altsieve.dedup.captions import CaptionDuplicateFilter, signatures
 from altsieve.dedup.decontaminate import DecontaminationFilter
 from altsieve.dedup.exact import ExactDuplicateFilter, exact_rules
 from altsieve.dedup.perceptual import PerceptualDuplicateFilter, band_layout, hamming_pairs
-from altsieve.dedup.resolve import GreedyResolve, sequential_greedy
+from altsieve.dedup.resolve import GreedyResolve, Pending
 from altsieve.dedup.semantic import SemanticDuplicateFilter, histogram, threshold_for_fraction
 from altsieve.filters.corpus import CorpusRule
 from altsieve.pipeline.select import _survivors, corpus_rules, run_select
@@ -214,6 +214,23 @@ def random_hashes(n: int, seed: int, copy_share: float = 0.3, max_flips: int = 5
             value = rng.getrandbits(64)
         hashes.append(value)
     return hashes
+
+
+def sequential_greedy(pending: Iterable[Pending]) -> Iterator[tuple[str, str, str]]:
+    """The greedy rule of dedup.resolve as a plain loop, the reference its Beam rounds are checked against:
+    ``(key, partition_id, duplicate_of)`` for each dropped pair.
+
+    ``pending`` lists every pair that has smaller neighbours, with them; one that is not listed has none: kept.
+    """
+    entries = dict(pending)
+    kept: set[str] = set()
+    for key in sorted(entries):
+        partition_id, lower = entries[key]
+        kept_lower = [u for u in lower if u in kept or u not in entries]
+        if kept_lower:
+            yield key, partition_id, min(kept_lower)
+        else:
+            kept.add(key)
 
 
 def brute_force_greedy(hashes: list[int], max_distance: int) -> list[tuple[str, str, str]]:

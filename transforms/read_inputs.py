@@ -32,6 +32,8 @@ TEXT_FORMATS = {"csv": ",", "tsv": "\t"}
 SUFFIXES = {
     ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
 }
+# Rows decoded from Parquet at a time: rows are streamed, so this bounds memory, not what is read.
+PARQUET_BATCH_ROWS = 8192
 
 
 class InputError(ValueError):
@@ -115,26 +117,24 @@ def _check_columns(path: str, available: list[str], needed: list[str]) -> None:
         )
 
 
-def _iter_parquet(path: str, needed: list[str], optional: list[str], batch_rows: int) -> Iterator[dict[str, Any]]:
+def _iter_parquet(path: str, needed: list[str], optional: list[str]) -> Iterator[dict[str, Any]]:
     if path.lower().endswith(".gz"):
-        yield from _iter_gzipped_parquet(path, needed, optional, batch_rows)
+        yield from _iter_gzipped_parquet(path, needed, optional)
         return
     with fsspec.open(path, "rb") as handle:
-        yield from _iter_parquet_handle(path, handle, needed, optional, batch_rows)
+        yield from _iter_parquet_handle(path, handle, needed, optional)
 
 
-def _iter_gzipped_parquet(path: str, needed: list[str], optional: list[str], batch_rows: int) -> Iterator[dict]:
+def _iter_gzipped_parquet(path: str, needed: list[str], optional: list[str]) -> Iterator[dict]:
     """Parquet needs random access, which a gzip stream lacks: inflate to a local temporary file first."""
     with tempfile.TemporaryFile() as local:
         with fsspec.open(path, "rb", compression="gzip") as handle:
             shutil.copyfileobj(handle, local, length=1 << 20)
         local.seek(0)
-        yield from _iter_parquet_handle(path, local, needed, optional, batch_rows)
+        yield from _iter_parquet_handle(path, local, needed, optional)
 
 
-def _iter_parquet_handle(
-    path: str, handle: Any, needed: list[str], optional: list[str], batch_rows: int
-) -> Iterator[dict[str, Any]]:
+def _iter_parquet_handle(path: str, handle: Any, needed: list[str], optional: list[str]) -> Iterator[dict[str, Any]]:
     try:
         parquet = pq.ParquetFile(handle)
     except Exception as err:  # pyarrow raises several types for a non-Parquet file
@@ -142,7 +142,7 @@ def _iter_parquet_handle(
     names = parquet.schema_arrow.names
     _check_columns(path, names, needed)
     columns = needed + [c for c in optional if c in names]
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=columns):
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
         yield from batch.to_pylist()
 
 
@@ -186,14 +186,12 @@ def _iter_jsonl(path: str, needed: list[str]) -> Iterator[dict[str, Any]]:
             yield row
 
 
-def iter_rows(
-    source: InputFile, url_col: str, caption_col: str, extra_cols: list[str], batch_rows: int = 8192
-) -> Iterator[dict[str, Any]]:
+def iter_rows(source: InputFile, url_col: str, caption_col: str, extra_cols: list[str]) -> Iterator[dict[str, Any]]:
     """Rows of one file as ``{key, url, caption, extra..., reason?}``, streamed."""
     needed = [url_col, caption_col]
     try:
         if source.fmt == "parquet":
-            raw = _iter_parquet(source.path, needed, extra_cols, batch_rows)
+            raw = _iter_parquet(source.path, needed, extra_cols)
         elif source.fmt in TEXT_FORMATS:
             raw = _iter_delimited(source.path, TEXT_FORMATS[source.fmt], needed)
         else:
