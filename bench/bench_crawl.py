@@ -44,7 +44,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,21 +109,25 @@ def compare_warc_readers(warc: Path) -> None:
         print(f"  {name:<10} {clock.cpu:6.2f} s  {payload / 1e6 / clock.cpu:7.0f} MB/s of payload")
 
 
+def _pairs_of(tags: Iterable[dict[str, Any]], base: Any, counts: Counter, options: ExtractOptions) -> list:
+    """The pairs of a page's img tags (attribute maps), judged as the extractor judges them."""
+    pairs = []
+    for attributes in tags:
+        counts[IMG_TAGS] += 1
+        verdict = judge_image(choose_image_url(attributes), attributes.get("alt"), base,
+                              attributes.get("width"), attributes.get("height"), options.keep_svg)
+        if not isinstance(verdict, str):
+            pairs.append(verdict)
+    return pairs
+
+
 def _lxml_images(html: str, page_url: str, counts: Counter, options: ExtractOptions) -> list:
     import lxml.html
 
     root = lxml.html.document_fromstring(html)
     base_nodes = root.xpath("//base[@href]")
     base = page_base(page_url, base_nodes[0].get("href") if base_nodes else None)
-    pairs = []
-    for node in root.iter("img"):
-        counts[IMG_TAGS] += 1
-        attributes = dict(node.attrib)
-        verdict = judge_image(choose_image_url(attributes), attributes.get("alt"), base,
-                              attributes.get("width"), attributes.get("height"), options.keep_svg)
-        if not isinstance(verdict, str):
-            pairs.append(verdict)
-    return pairs
+    return _pairs_of((dict(node.attrib) for node in root.iter("img")), base, counts, options)
 
 
 def _resiliparse_images(html: str, page_url: str, counts: Counter, options: ExtractOptions) -> list:
@@ -132,15 +136,8 @@ def _resiliparse_images(html: str, page_url: str, counts: Counter, options: Extr
     document = HTMLTree.parse(html).document
     base_node = document.query_selector("base[href]")
     base = page_base(page_url, base_node.getattr("href") if base_node is not None else None)
-    pairs = []
-    for node in document.query_selector_all("img"):
-        counts[IMG_TAGS] += 1
-        attributes = {name: node.getattr(name) for name in node.attrs}
-        verdict = judge_image(choose_image_url(attributes), attributes.get("alt"), base,
-                              attributes.get("width"), attributes.get("height"), options.keep_svg)
-        if not isinstance(verdict, str):
-            pairs.append(verdict)
-    return pairs
+    tags = ({name: node.getattr(name) for name in node.attrs} for node in document.query_selector_all("img"))
+    return _pairs_of(tags, base, counts, options)
 
 
 def _selectolax_images(html: str, page_url: str, counts: Counter, options: ExtractOptions) -> list:
