@@ -4,16 +4,36 @@ WriteShards writes a partition when its last record arrives, and a partition's r
 one bundle (transforms/write_shards.py): a stage that buffers records for a batch must let them go
 when their partition is complete, or finished partitions would wait for the bundle's end (a killed
 run would lose them). ``PartitionBatches`` does the bookkeeping; a subclass says which records need
-work (``wants``) and does a batch in place (``run_batch``). ClipScore (transforms/clip/stage.py) keeps the
-same rule with its own copy of this loop.
+work (``wants``) and does a batch in place (``run_batch``). ``PartitionBatchesFor`` cuts the same
+batches for Beam's RunInference (ClipScore, transforms/clip/stage.py), whose own ``BatchElements``
+can cut a batch only when it is full or the bundle ends.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
+
+
+class _PartitionEnds:
+    """Counts a bundle's records per partition: says when the record that completes its partition arrives."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def completes(self, record: dict[str, Any]) -> bool:
+        partition_id = record.get("partition_id")
+        if partition_id is None:
+            return False
+        seen = self._seen.get(partition_id, 0) + 1
+        if seen == record.get("partition_size"):
+            del self._seen[partition_id]
+            return True
+        self._seen[partition_id] = seen
+        return False
 
 
 class PartitionBatches(beam.DoFn):
@@ -30,21 +50,14 @@ class PartitionBatches(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._buffer: list[dict[str, Any]] = []
-        self._seen: dict[str, int] = {}
+        self._ends = _PartitionEnds()
 
     def process(self, record: dict[str, Any]):
-        partition_id = record.get("partition_id")
         if self.wants(record):
             self._buffer.append(record)
         else:
             yield record
-        done = False
-        if partition_id is not None:
-            self._seen[partition_id] = self._seen.get(partition_id, 0) + 1
-            done = self._seen[partition_id] == record.get("partition_size")
-            if done:
-                del self._seen[partition_id]
-        if done or len(self._buffer) >= self.batch_size:
+        if self._ends.completes(record) or len(self._buffer) >= self.batch_size:
             yield from self._flush()
 
     def finish_bundle(self):
@@ -55,4 +68,36 @@ class PartitionBatches(beam.DoFn):
         batch, self._buffer = self._buffer, []
         for start in range(0, len(batch), self.batch_size):
             self.run_batch(batch[start : start + self.batch_size])
+        return batch
+
+
+class PartitionBatchesFor(beam.DoFn):
+    """Records -> lists of records for a RunInference ``with_no_batching()``, cut by the same rule: a list ends
+    when ``batch_size`` of its records are ``wants`` or when a partition is complete.
+
+    The records that are not wanted ride in the lists too (the model handler hands them back untouched): sent
+    around RunInference they would need a Flatten, which a runner may turn into a new stage, moving a
+    partition's records out of their bundle.
+    """
+
+    def __init__(self, batch_size: int, wants: Callable[[dict[str, Any]], bool]) -> None:
+        self._batch_size, self._wants = batch_size, wants
+
+    def start_bundle(self) -> None:
+        self._batch: list[dict[str, Any]] = []
+        self._wanted = 0
+        self._ends = _PartitionEnds()
+
+    def process(self, record: dict[str, Any]):
+        self._batch.append(record)
+        self._wanted += bool(self._wants(record))
+        if self._ends.completes(record) or self._wanted >= self._batch_size:
+            yield self._take()
+
+    def finish_bundle(self):
+        if self._batch:
+            yield GlobalWindows.windowed_value(self._take())
+
+    def _take(self) -> list[dict[str, Any]]:
+        batch, self._batch, self._wanted = self._batch, [], 0
         return batch

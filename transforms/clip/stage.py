@@ -2,30 +2,30 @@
 
 ``ClipScore`` is ``RunInference`` with ``ClipModelHandler``: Beam loads the models once per worker
 process and shares them between its threads (``load_model``, behind RunInference's ``Shared``), and
-batches the records (``BatchElements``) before ``run_inference`` scores them. A record weighs 1 in a
-batch when it is scored (no reason yet, an image) and 0 otherwise, so every batch holds
-``clip.batch_size`` pairs to score (the last of a bundle fewer), and a dropped or image-less record
-rides along unscored.
+``run_inference`` scores a batch of records. The batches are cut by the ingest's rule for model
+stages (transforms/batching.py): ``clip.batch_size`` pairs to score, or fewer when a partition is
+complete, so that WriteShards writes each partition as soon as its last pair is scored (a killed run
+loses only the partitions in flight). RunInference's own batching (``BatchElements``) cannot cut a
+batch there: it emits one only when full or at the bundle's end, so a finished partition would wait
+for up to ``clip.batch_size - 1`` pairs of the next ones. So ``PartitionBatchesFor`` cuts the
+batches, and RunInference runs ``with_no_batching()``.
 
-Why this keeps WriteShards whole (it writes a partition when all its records arrived in one bundle):
-``BatchElements`` without ``max_batch_duration_secs`` is a plain DoFn that buffers within the bundle
-and emits the rest in ``finish_bundle``, and ``run_inference`` returns the records themselves, so no
-shuffle, state or flatten stands between Download and WriteShards: a partition's records stay in the
-bundle that fetched them. What it changes: a batch is emitted when full (or at the bundle's end), no
-longer also when a partition's last record arrives, so a finished partition's last pairs may wait
-for up to ``batch_size - 1`` pairs of the next before it is written (a run killed then redoes that
-partition too).
+WriteShards writes a partition when all its records arrived in one bundle: nothing between Download
+and WriteShards may move a record to another bundle. The batching DoFn buffers within the bundle
+(the rest leaves in ``finish_bundle``), and ``run_inference`` returns the records themselves, a
+dropped or image-less one untouched, so no shuffle, state or flatten stands in between.
 
 Per batch: the main model's image and text embeddings, their cosine as ``clip_score`` (or, in a
 language bucket with a model of its own, that model's), the zero-shot ``nsfw_score`` and
-``watermark_score``, then the CLIP ``PairRule``s (filters/clip.py); a dropped pair loses its image,
-a kept one carries its float16 embeddings to WriteShards. Counters: ``clip_pairs_scored``,
-``clip_batches`` and ``dropped.<reason>`` (RunInference's own go to its ``RunInference`` namespace).
-Overhead against the hand-written batching DoFn it replaced, measured side by side
-(``bench/bench_clip.py --model altsieve-tiny-clip --pretrained builtin --paths beam,beam-dofn --n 256
---beam-rounds 5``, a whole DirectRunner pipeline with model load each run, on the shared 2-core machine):
-median 12.5 CPU s with RunInference against 13.9 hand-written (ranges 12.1-13.9 and 9.7-14.9): none
-that the machine's noise lets one see.
+``watermark_score``, then the CLIP ``PairRule``s (filters/clip.py); a dropped pair's image is set
+aside (thumbnails), a kept one carries its float16 embeddings to WriteShards. Counters:
+``clip_pairs_scored``, ``clip_batches`` and ``dropped.<reason>`` (RunInference's own go to its
+``RunInference`` namespace).
+
+Overhead against the hand-written DoFn it replaced, measured side by side (``bench/bench_clip.py
+--model altsieve-tiny-clip --pretrained builtin --paths beam,beam-dofn --n 256 --beam-rounds 5``, a
+whole DirectRunner pipeline with model load each run, on the shared 2-core machine): see the README's
+"CLIP scoring" section for the figures.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from altsieve.core import reasons
 from altsieve.core.config import bucket_of
 from altsieve.core.layout import Column
 from altsieve.filters.base import RuleSet
+from altsieve.transforms.batching import PartitionBatchesFor
 from altsieve.transforms.clip.model import ClipModelError, ClipScorer, ClipSpec, spec_of
 from altsieve.transforms.clip.store import IMAGE_EMBEDDING_FIELD, TEXT_EMBEDDING_FIELD
 from altsieve.transforms.metrics import count_drops
@@ -122,18 +123,11 @@ def to_score(record: Mapping[str, Any]) -> bool:
     return record.get("reason") is None and record.get("image") is not None
 
 
-def _batch_weight(record: Mapping[str, Any]) -> int:
-    """A record's share of a batch: only the pairs the model sees count towards ``clip.batch_size``."""
-    return 1 if to_score(record) else 0
-
-
 class ClipModelHandler(ModelHandler[dict, dict, ClipModels]):
     """RunInference's view of ClipScore: load the models (and check their weights), score a batch of records."""
 
     def __init__(self, config: Config, expected_sha256: str | None = None) -> None:
-        clip = config.clip
-        super().__init__(min_batch_size=clip.batch_size, max_batch_size=clip.batch_size,
-                         element_size_fn=_batch_weight)
+        super().__init__()
         self._config, self._expected = config, expected_sha256
         self._rules: RuleSet | None = None  # built on the worker; one per DoFn instance, so its counts are its own
         self._scored = Metrics.counter("altsieve", "clip_pairs_scored")
@@ -183,4 +177,9 @@ class ClipScore(beam.PTransform):
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         if not self._config.clip.enabled:
             return records
-        return records | "RunInference" >> RunInference(ClipModelHandler(self._config, self._expected))
+        handler = ClipModelHandler(self._config, self._expected).with_no_batching()
+        return (
+            records
+            | "Batch" >> beam.ParDo(PartitionBatchesFor(self._config.clip.batch_size, to_score))
+            | "RunInference" >> RunInference(handler)
+        )
