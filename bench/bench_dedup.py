@@ -197,7 +197,7 @@ def synthetic_embeddings(partition: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_embeddings(output: Path, partitions: int) -> None:
     from altsieve.core import layout
-    from altsieve.dedup.embeddings import embeddings_path
+    from altsieve.core.layout import embeddings_path
 
     identity = {"model": "synthetic", "pretrained": None, "weights_sha256": "0" * 64, "embed_dim": EMBEDDING_DIM}
     Path(layout.meta(str(output), "")).mkdir(parents=True, exist_ok=True)

@@ -1,41 +1,26 @@
-"""Reading the CLIP embeddings the ClipScore stage writes beside each candidate shard.
+"""The CLIP embeddings the ClipScore stage writes beside each candidate shard, as the dedup rules read them.
 
-File format (the ClipScore stage's): ``_candidates/{partition_id}_embeddings.npz`` with ``key``
-(unicode [N]), ``image`` and ``text`` (float16 [N, D]). ``transforms.clip.store.load_partition_embeddings``
-is used when it exists, so the two stages cannot drift apart; otherwise the file is read here.
+``transforms.clip.store`` reads and checks the files (``_candidates/{partition_id}_embeddings.npz``), so
+the writer and the readers cannot drift apart.
 """
 
 from __future__ import annotations
 
-import io
-
-import fsspec
 import numpy as np
 
 from altsieve.core import layout
-
-
-def embeddings_path(output: str, partition_id: str) -> str:
-    return layout.candidate_prefix(output, partition_id) + "_embeddings.npz"
+from altsieve.transforms.clip import store as clip_store
 
 
 def load_partition_embeddings(output: str, partition_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(keys, image, text)`` of one partition."""
+    """``(keys, image, text)`` of one partition; a missing file says which stage makes it."""
     try:
-        from altsieve.transforms.clip.store import load_partition_embeddings as clip_loader
-    except ImportError:
-        clip_loader = None
-    if clip_loader is not None:
-        return clip_loader(output, partition_id)
-    path = embeddings_path(output, partition_id)
-    try:
-        with fsspec.open(path, "rb") as handle:
-            data = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-            return data["key"], data["image"], data["text"]
+        return clip_store.load_partition_embeddings(output, partition_id)
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"{path} is missing: semantic dedup and decontamination by embedding need the CLIP embeddings the "
-            "ClipScore stage writes in the ingest pass; switch that stage on, or these rules off"
+            f"{layout.embeddings_path(output, partition_id)} is missing: semantic dedup and decontamination by "
+            "embedding need the CLIP embeddings the ClipScore stage writes in the ingest pass; switch that stage on, "
+            "or these rules off"
         ) from None
 
 

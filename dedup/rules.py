@@ -35,7 +35,7 @@ def _require_embeddings(output: str | None, setting: str) -> None:
         return
     from altsieve.core import fsutil, layout
 
-    if not fsutil.exists(layout.meta(output, "clip_model.json")):
+    if not fsutil.exists(layout.meta(output, layout.CLIP_MODEL_FILE)):
         raise ConfigError(f"{setting} needs the CLIP embeddings of the ingest pass, and {output} has none: "
                           "ingest with clip.enabled=true (and clip.save_embeddings=true)")
 

@@ -58,7 +58,7 @@ def _bucket_counts(shards: list[dict[str, Any]]) -> dict[str, int]:
 def _clip_record(output: str) -> dict[str, Any]:
     record: dict[str, Any] = {"embeddings": "_candidates/{partition_id}_embeddings.npz",
                               "final_embeddings": f"{layout.EMBEDDINGS_DIR}/ (clip-retrieval's layout)"}
-    for name, key in (("clip_model.json", "model"), ("clip_quantile.json", "top_fraction_cut")):
+    for name, key in ((layout.CLIP_MODEL_FILE, "model"), ("clip_quantile.json", "top_fraction_cut")):
         path = layout.meta(output, name)
         if fsutil.exists(path):
             record[key] = fsutil.read_json(path)

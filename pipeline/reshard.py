@@ -292,7 +292,7 @@ def run_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
     partitions = list(fsutil.read_json(done_path)["partitions"])
     clip_identity = None
     if config.clip.enabled and config.clip.save_embeddings:  # the final shards' embeddings, clip-retrieval's layout
-        clip_identity = {k: v for k, v in fsutil.read_json(layout.meta(output, "clip_model.json")).items()
+        clip_identity = {k: v for k, v in fsutil.read_json(layout.meta(output, layout.CLIP_MODEL_FILE)).items()
                          if k in ("model", "weights_sha256", "embed_dim")}
     plan_path = layout.meta(output, "reshard_plan.json")
     fs, resolved = fsutil.filesystem(plan_path)

@@ -361,7 +361,7 @@ def planted_embeddings(n: int, dim: int, seed: int) -> tuple[np.ndarray, dict[in
 
 def write_embeddings(output: Path, vectors: np.ndarray) -> None:
     """Embedding files as the ClipScore stage writes them: one npz per partition and the model's identity."""
-    from altsieve.dedup.embeddings import embeddings_path
+    from altsieve.core.layout import embeddings_path
 
     identity = {"model": "synthetic", "pretrained": None, "weights_sha256": "0" * 64, "embed_dim": vectors.shape[1]}
     Path(layout.meta(str(output), "")).mkdir(parents=True, exist_ok=True)

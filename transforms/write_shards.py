@@ -23,9 +23,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from altsieve.core import fsutil
-from altsieve.core.layout import candidate_prefix, marker_path, thumbnails_path
+from altsieve.core.layout import EMBEDDINGS_SUFFIX, candidate_prefix, marker_path, thumbnails_path
 from altsieve.transforms import crop_features
-from altsieve.transforms.clip.store import EMBEDDINGS_SUFFIX, partition_embeddings, write_partition_embeddings
+from altsieve.transforms.clip.store import partition_embeddings, write_partition_embeddings
 from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
 from altsieve.transforms.thumbnails import ThumbnailSample, read_thumbnails
 

@@ -22,6 +22,15 @@ def marker_path(output: str, partition_id: str) -> str:
     return candidate_prefix(output, partition_id) + ".done"
 
 
+# The CLIP stage's image and text embeddings of a partition's kept pairs, and the model that made them.
+EMBEDDINGS_SUFFIX = "_embeddings.npz"
+CLIP_MODEL_FILE = "clip_model.json"
+
+
+def embeddings_path(output: str, partition_id: str) -> str:
+    return candidate_prefix(output, partition_id) + EMBEDDINGS_SUFFIX
+
+
 def meta(output: str, name: str) -> str:
     return fsutil.join(output, META_DIR, name)
 

@@ -28,8 +28,6 @@ WANTED = [
     "key", "url", "caption", "reason", "status", "error_message", "original_width", "original_height",
     "bytes", "http_status", "language", "language_score", "clip_score", "duplicate_of", "sha256", "phash",
 ]
-# transforms/clip/store.py writes them (not imported: it brings Beam, 2 s of the audit's start-up).
-EMBEDDINGS_SUFFIX = "_embeddings.npz"
 BATCH_ROWS = 65_536  # for bare Parquet read by row-group batches
 
 
@@ -195,6 +193,6 @@ def _altsieve_batches(source: Source) -> Iterator[Batch]:
                     candidates = candidates.append_column(name, decided)
         candidates = candidates.append_column("has_image", has_image)
         prefix = layout.candidate_prefix(source.root, pid)
-        embeddings = prefix + EMBEDDINGS_SUFFIX
+        embeddings = prefix + layout.EMBEDDINGS_SUFFIX
         yield Batch(candidates, prefix + ".tar", layout.thumbnails_path(source.root, pid),
                     embeddings if fsutil.exists(embeddings) else None)

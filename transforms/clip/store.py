@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from altsieve.core import fsutil
+from altsieve.core import fsutil, layout
 from altsieve.transforms.clip.model import ClipModelError
 
-EMBEDDINGS_SUFFIX = "_embeddings.npz"
-IDENTITY_FILE = "clip_model.json"
 # What must agree for two sets of embeddings to be comparable. The pretrained source is where the
 # weights came from (a path may differ between a laptop and a cluster), so it is recorded, not compared.
 IDENTITY_KEYS = ("model", "weights_sha256", "embed_dim")
@@ -29,11 +27,7 @@ TEXT_EMBEDDING_FIELD = "clip_text_embedding"
 
 
 def identity_path(output: str) -> str:
-    return fsutil.join(output, "_altsieve", IDENTITY_FILE)
-
-
-def embeddings_path(output: str, partition_id: str) -> str:
-    return fsutil.join(output, "_candidates", f"{partition_id}{EMBEDDINGS_SUFFIX}")
+    return layout.meta(output, layout.CLIP_MODEL_FILE)
 
 
 def same_model(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -91,7 +85,7 @@ def load_partition_embeddings(
     import fsspec
 
     saved = check_model(output, expected)
-    path = embeddings_path(output, partition_id)
+    path = layout.embeddings_path(output, partition_id)
     with fsspec.open(path, "rb") as handle, np.load(io.BytesIO(handle.read()), allow_pickle=False) as data:
         keys, image, text = data["key"], data["image"], data["text"]
         sha = str(data["weights_sha256"]) if "weights_sha256" in data else None
