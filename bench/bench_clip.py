@@ -48,11 +48,12 @@ import numpy as np
 
 def make_pairs(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """Records as ClipScore receives them: pipeline-resized JPEG bytes and English alt-texts."""
+    from altsieve.core.config import ImageConfig
     from altsieve.testcorpus.scenes import caption_for, draw_scene, random_scene
-    from altsieve.transforms.imageops import ImageOptions, process_image
+    from altsieve.transforms.imageops import process_image
 
     rng = random.Random(seed)
-    options = ImageOptions(image_size=256, resize_mode="border")
+    options = ImageConfig(image_size=256, resize_mode="border")
     records = []
     for i in range(n):
         spec = random_scene(rng)

@@ -54,15 +54,14 @@ def bench_stages(n: int) -> None:
     from altsieve.transforms import crop_features
     from altsieve.transforms.heads import Head
     from altsieve.transforms.image_content import FaceDetector, TextDetector
-    from altsieve.transforms.imageops import ImageOptions, process_image
+    from altsieve.transforms.imageops import process_image
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
     corpus = generate_corpus(n, seed=3, image_size=(640, 480), texture=True, label_counts={"text_overlay": n // 10,
                                                                                              "face": n // 10})
     bodies = [corpus.responses[p.path].body for p in corpus.pairs]
-    options = ImageOptions(keep_content=True)
-    content = [process_image(b, options).content for b in bodies]
+    content = [process_image(b, keep_content=True).content for b in bodies]
     rows = []
     rows.append(("Decode: process_image (decode, resize, encode, sha256, pHash)", per_pair(
         lambda b: process_image(b), bodies)))

@@ -29,7 +29,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from altsieve.transforms.imageops import ImageOptions, process_image  # noqa: E402
+from altsieve.core.config import ImageConfig  # noqa: E402
+from altsieve.transforms.imageops import process_image  # noqa: E402
 
 _GRID: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -124,7 +125,7 @@ def path_img2dataset(size: int, mode: str, quality: int) -> Callable[[bytes], by
 
 
 def path_altsieve(size: int, mode: str, quality: int) -> Callable[[bytes], bytes]:
-    options = ImageOptions(image_size=size, resize_mode=mode, encode_format="jpg", encode_quality=quality)
+    options = ImageConfig(image_size=size, resize_mode=mode, encode_format="jpg", encode_quality=quality)
     return lambda data: process_image(data, options).data
 
 

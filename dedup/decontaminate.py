@@ -40,9 +40,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from altsieve.core import reasons
+from altsieve.core.config import ImageConfig
 from altsieve.dedup.embeddings import image_embeddings_for, unit_rows
 from altsieve.filters.corpus import CorpusRule
-from altsieve.transforms.imageops import ImageDecodeError, ImageOptions, int64_to_phash, process_image
+from altsieve.transforms.imageops import ImageDecodeError, int64_to_phash, process_image
 
 log = logging.getLogger("altsieve")
 
@@ -108,7 +109,7 @@ def iter_eval_items(path: str) -> Iterator[tuple[str, bytes | int]]:
         raise ValueError(f"{path}: an evaluation set is a folder of images, a .parquet file or a webdataset .tar")
 
 
-def eval_images(path: str, options: ImageOptions) -> Iterator[tuple[str, int, bytes | None]]:
+def eval_images(path: str, options: ImageConfig) -> Iterator[tuple[str, int, bytes | None]]:
     """``(eval id, unsigned pHash, image as the pipeline stores it or None)`` of each item of an evaluation set.
 
     The image is processed exactly as the ingest processes a training image (resize, re-encode), so its pHash
@@ -290,7 +291,7 @@ class DecontaminationFilter(CorpusRule):
 
     def __init__(self, output: str | None, eval_sets: list[str], eval_embeddings: list[str] | None = None,
                  phash_max_distance: int | None = 4, clip_min_cosine: float = 0.975,
-                 image_options: ImageOptions | None = None, embed_spec: Any = None) -> None:
+                 image_options: ImageConfig | None = None, embed_spec: Any = None) -> None:
         super().__init__()
         for path in [*eval_sets, *(eval_embeddings or [])]:
             fs, root = fsspec.core.url_to_fs(path)
@@ -301,7 +302,7 @@ class DecontaminationFilter(CorpusRule):
         self.eval_embeddings = list(eval_embeddings or [])
         self.phash_max_distance = phash_max_distance
         self.clip_min_cosine = clip_min_cosine
-        self.image_options = image_options or ImageOptions()
+        self.image_options = image_options or ImageConfig()
         self.embed_spec = embed_spec if self.eval_sets else None
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:

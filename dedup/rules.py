@@ -46,7 +46,6 @@ def dedup_rules(config: Config, output: str | None) -> list[tuple[str, CorpusRul
     decontamination = dedup.decontamination
     if decontamination.eval_sets or decontamination.eval_embeddings:
         from altsieve.dedup.decontaminate import DecontaminationFilter
-        from altsieve.transforms.decode import image_options
 
         embed_spec = None
         if decontamination.embed_eval_images and config.clip.enabled and config.clip.save_embeddings:
@@ -59,7 +58,7 @@ def dedup_rules(config: Config, output: str | None) -> list[tuple[str, CorpusRul
         try:
             rule = DecontaminationFilter(
                 output, decontamination.eval_sets, decontamination.eval_embeddings,
-                decontamination.phash_max_distance, decontamination.clip_min_cosine, image_options(config.image),
+                decontamination.phash_max_distance, decontamination.clip_min_cosine, config.image,
                 embed_spec,
             )
         except FileNotFoundError as err:

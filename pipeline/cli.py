@@ -15,7 +15,15 @@ import time
 from typing import Any
 
 from altsieve import __version__
-from altsieve.core.config import Config, ConfigError, builtin_recipe_names, load_config, parse_override
+from altsieve.core.config import (
+    ENCODE_FORMATS,
+    RESIZE_MODES,
+    Config,
+    ConfigError,
+    builtin_recipe_names,
+    load_config,
+    parse_override,
+)
 
 # Flag -> dotted config field. Each becomes an override applied after the recipe.
 FLAG_FIELDS: dict[str, tuple[str, Any]] = {
@@ -72,10 +80,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-size", dest="image_size", type=int, metavar="PX",
                        help=f"side of the stored images, in pixels {_recipe_default('image.image_size')}")
     group.add_argument("--resize-mode", dest="resize_mode",
-                       choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"],
+                       choices=RESIZE_MODES,
                        help="how images are fitted to --image-size, as img2dataset's resize modes "
                        f"{_recipe_default('image.resize_mode')}")
-    group.add_argument("--encode-format", dest="encode_format", choices=["jpg", "webp", "png"],
+    group.add_argument("--encode-format", dest="encode_format", choices=ENCODE_FORMATS,
                        help=f"format the stored images are encoded in {_recipe_default('image.encode_format')}")
     group.add_argument("--encode-quality", dest="encode_quality", type=int, metavar="Q",
                        help=f"JPEG/WebP quality, 1-100 {_recipe_default('image.encode_quality')}")

@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("open_clip")
 
 from altsieve.core import reasons  # noqa: E402 - after the importorskip
-from altsieve.core.config import ConfigError, load_config  # noqa: E402
+from altsieve.core.config import ConfigError, ImageConfig, load_config  # noqa: E402
 from altsieve.pipeline.cli import run_all  # noqa: E402
 from altsieve.pipeline.demo import demo_config  # noqa: E402
 from altsieve.testcorpus.generator import TestCorpus  # noqa: E402
@@ -31,7 +31,7 @@ from altsieve.transforms.clip import model as clip_model  # noqa: E402
 from altsieve.transforms.clip import stage as clip_stage  # noqa: E402
 from altsieve.transforms.clip import store as clip_store  # noqa: E402
 from altsieve.transforms.clip.model import ClipModelError, ClipScorer, ClipSpec  # noqa: E402
-from altsieve.transforms.imageops import ImageOptions, process_image  # noqa: E402
+from altsieve.transforms.imageops import process_image  # noqa: E402
 from tests import test_end_to_end as e2e  # noqa: E402
 
 # Where the demo recipe's threshold applies: the languages the tiny model was trained on.
@@ -63,7 +63,7 @@ def pipeline_image(spec) -> bytes:
     image = draw_scene(spec, 320, 240)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
-    return process_image(buffer.getvalue(), ImageOptions(image_size=256, resize_mode="border")).data
+    return process_image(buffer.getvalue(), ImageConfig(image_size=256, resize_mode="border")).data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from altsieve.core import reasons
 from altsieve.core.config import load_config
 from altsieve.testcorpus.generator import TestCorpus, generate_corpus
 from altsieve.transforms import crop_features
-from altsieve.transforms.imageops import ImageOptions, phash_to_int64, process_image
+from altsieve.transforms.imageops import phash_to_int64, process_image
 from tests.test_dedup import by_key, key_of, partition_of, run_rules, truth_cluster
 
 COPIES = ("exact_duplicate", "near_dup_reencoded", "near_dup_resized", "near_dup_cropped", "near_dup_brightened",
@@ -41,9 +41,8 @@ def copies_output(copies, tmp_path_factory) -> tuple[str, list[dict[str, Any]]]:
     """Metadata rows and ``_crop.npz`` files as the ingest writes them (the same process_image and features)."""
     output = tmp_path_factory.mktemp("crop") / "out"
     rows, by_partition = [], {}
-    options = ImageOptions(keep_content=True)
     for pair in copies.pairs:
-        image = process_image(copies.responses[pair.path].body, options)
+        image = process_image(copies.responses[pair.path].body, keep_content=True)
         record = {"key": key_of(pair.pair_id), "partition_id": partition_of(pair.pair_id), "reason": None,
                   "image": image.data, crop_features.CROP_FEATURES_FIELD: crop_features.extract(image.content)}
         by_partition.setdefault(record["partition_id"], []).append(record)

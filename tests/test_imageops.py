@@ -18,9 +18,9 @@ import pytest
 from PIL import Image, ImageOps, JpegImagePlugin
 
 from altsieve.core import reasons
+from altsieve.core.config import ImageConfig
 from altsieve.transforms.imageops import (
     ImageDecodeError,
-    ImageOptions,
     ProcessedImage,
     hamming64,
     int64_to_phash,
@@ -62,9 +62,9 @@ def decode(data: bytes) -> np.ndarray:
     return np.asarray(im)
 
 
-def reason_of(data: bytes, options: ImageOptions | None = None) -> str:
+def reason_of(data: bytes, options: ImageConfig | None = None) -> str:
     with pytest.raises(ImageDecodeError) as info:
-        process_image(data, options or ImageOptions())
+        process_image(data, options or ImageConfig())
     return info.value.reason
 
 
@@ -96,7 +96,7 @@ def test_sizes_and_pixels_match_img2dataset(mode: str, only_if_bigger: bool) -> 
     resizer_mod = pytest.importorskip("img2dataset.resizer")
     size = 64
     resizer = resizer_mod.Resizer(image_size=size, resize_mode=mode, resize_only_if_bigger=only_if_bigger)
-    options = ImageOptions(image_size=size, resize_mode=mode, resize_only_if_bigger=only_if_bigger)
+    options = ImageConfig(image_size=size, resize_mode=mode, resize_only_if_bigger=only_if_bigger)
     sizes = [(200, 150), (150, 200), (64, 64), (50, 30), (30, 50), (129, 97), (300, 40), (97, 129), (17, 1)]
     for w, h in sizes + [(640, 480), (1025, 769), (481, 1100)]:  # the last three take the JPEG draft path
         data = encode(photo(w, h, seed=w * h), "JPEG", quality=92)
@@ -113,19 +113,19 @@ def test_sizes_and_pixels_match_img2dataset(mode: str, only_if_bigger: bool) -> 
 
 def test_resize_mode_semantics(jpeg_640: bytes) -> None:
     s = 256
-    border = process_image(jpeg_640, ImageOptions(resize_mode="border"))
+    border = process_image(jpeg_640, ImageConfig(resize_mode="border"))
     assert (border.width, border.height) == (s, s)
     out = decode(border.data)
     assert out[:28].min() >= 250 and out[-28:].min() >= 250  # 640x480 -> 256x192 centred: 32 px white bands
-    kr = process_image(jpeg_640, ImageOptions(resize_mode="keep_ratio"))
+    kr = process_image(jpeg_640, ImageConfig(resize_mode="keep_ratio"))
     assert min(kr.width, kr.height) == s and (kr.width, kr.height) == (341, 256)
-    krl = process_image(jpeg_640, ImageOptions(resize_mode="keep_ratio_largest"))
+    krl = process_image(jpeg_640, ImageConfig(resize_mode="keep_ratio_largest"))
     assert (krl.width, krl.height) == (256, 192)
-    cc = process_image(jpeg_640, ImageOptions(resize_mode="center_crop"))
+    cc = process_image(jpeg_640, ImageConfig(resize_mode="center_crop"))
     assert (cc.width, cc.height) == (s, s)
-    no = process_image(jpeg_640, ImageOptions(resize_mode="no"))
+    no = process_image(jpeg_640, ImageConfig(resize_mode="no"))
     assert (no.width, no.height) == (640, 480)
-    red_border = process_image(jpeg_640, ImageOptions(resize_mode="border", background=(255, 0, 0)))
+    red_border = process_image(jpeg_640, ImageConfig(resize_mode="border", background=(255, 0, 0)))
     corner = decode(red_border.data)[:8, :8].reshape(-1, 3).mean(axis=0)
     assert corner[0] > 240 and corner[1] < 15 and corner[2] < 15
 
@@ -148,7 +148,7 @@ def test_draft_close_to_full_decode(monkeypatch: pytest.MonkeyPatch) -> None:
     ]:
         arr = photo(w, h, seed=w)
         data = encode(arr, "JPEG", quality=90)
-        ours = decode(process_image(data, ImageOptions(resize_mode=mode, encode_format="png")).data)
+        ours = decode(process_image(data, ImageConfig(resize_mode=mode, encode_format="png")).data)
         full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         ref = cv2.resize(full, target, interpolation=cv2.INTER_AREA)
         if mode == "border":
@@ -162,9 +162,9 @@ def test_draft_close_to_full_decode(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_upscale_and_resize_only_if_bigger() -> None:
     data = encode(photo(100, 50), "PNG")
-    up = process_image(data, ImageOptions(image_size=200, resize_mode="keep_ratio_largest"))
+    up = process_image(data, ImageConfig(image_size=200, resize_mode="keep_ratio_largest"))
     assert (up.width, up.height) == (200, 100)
-    kept = process_image(data, ImageOptions(image_size=200, resize_mode="border", resize_only_if_bigger=True))
+    kept = process_image(data, ImageConfig(image_size=200, resize_mode="border", resize_only_if_bigger=True))
     assert (kept.width, kept.height) == (100, 50)  # as img2dataset: no resize, and no border either
 
 
@@ -182,7 +182,7 @@ def _with_orientation(arr: np.ndarray, orientation: int) -> bytes:
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_matches_exif_transpose(orientation: int) -> None:
     data = _with_orientation(photo(48, 32, seed=orientation), orientation)
-    ours = process_image(data, ImageOptions(resize_mode="no", encode_format="png"))
+    ours = process_image(data, ImageConfig(resize_mode="no", encode_format="png"))
     expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
     assert np.array_equal(decode(ours.data), expected)
     assert (ours.original_width, ours.original_height) == (expected.shape[1], expected.shape[0])
@@ -190,7 +190,7 @@ def test_exif_orientation_matches_exif_transpose(orientation: int) -> None:
 
 def test_exif_orientation_6_swaps_dims() -> None:
     data = _with_orientation(photo(640, 320), 6)
-    result = process_image(data, ImageOptions(resize_mode="keep_ratio_largest"))
+    result = process_image(data, ImageConfig(resize_mode="keep_ratio_largest"))
     assert (result.original_width, result.original_height) == (320, 640)
     assert (result.width, result.height) == (128, 256)
     assert json.loads(result.exif or "{}").get("Image Orientation") == "6"
@@ -199,7 +199,7 @@ def test_exif_orientation_6_swaps_dims() -> None:
 @pytest.mark.parametrize("orientation", [3, 5, 6, 8])
 def test_orientation_with_draft_matches_transposed_full_decode(orientation: int) -> None:
     data = _with_orientation(photo(640, 480, seed=20 + orientation), orientation)
-    result = process_image(data, ImageOptions(resize_mode="keep_ratio_largest", encode_format="png"))
+    result = process_image(data, ImageConfig(resize_mode="keep_ratio_largest", encode_format="png"))
     upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
     ref = cv2.resize(upright, (result.width, result.height), interpolation=cv2.INTER_AREA)
     assert (result.width, result.height) == ((192, 256) if orientation >= 5 else (256, 192))
@@ -222,7 +222,7 @@ def test_exif_json() -> None:
     assert tags["EXIF DateTimeOriginal"] == "2024:01:02 03:04:05"
     assert not any("MakerNote" in key for key in tags)
     assert process_image(encode(photo(64, 48), "JPEG")).exif is None
-    assert process_image(encode(im, "JPEG", exif=exif.tobytes()), ImageOptions(extract_exif=False)).exif is None
+    assert process_image(encode(im, "JPEG", exif=exif.tobytes()), ImageConfig(extract_exif=False)).exif is None
 
 
 def _rgba_half_transparent() -> Image.Image:
@@ -283,25 +283,25 @@ CASES: dict[str, tuple[bytes, tuple[int, int, int] | None, tuple[int, int, int] 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_modes_and_formats_come_out_rgb(name: str) -> None:
     data, left, right = CASES[name]
-    exact = process_image(data, ImageOptions(resize_mode="no", encode_format="png"))
+    exact = process_image(data, ImageConfig(resize_mode="no", encode_format="png"))
     out = decode(exact.data)
     assert out.shape == (40, 40, 3)
     for expected, pixel in ((left, out[20, 5]), (right, out[20, 35])):
         if expected is not None:
             assert np.abs(pixel.astype(int) - np.array(expected)).max() <= 3, (name, pixel, expected)
-    resized = process_image(data, ImageOptions(image_size=64, resize_mode="border"))
+    resized = process_image(data, ImageConfig(image_size=64, resize_mode="border"))
     assert (resized.width, resized.height) == (64, 64)
     assert decode(resized.data).shape == (64, 64, 3)
 
 
 def test_i16_scaled_not_clipped() -> None:
-    out = decode(process_image(_i16(), ImageOptions(resize_mode="no", encode_format="png")).data)
+    out = decode(process_image(_i16(), ImageConfig(resize_mode="no", encode_format="png")).data)
     assert tuple(out[0, 15]) == (128, 128, 128)  # 32896 / 65535 * 255; Pillow's convert("L") would give 255
 
 
 @pytest.mark.parametrize("fmt,magic", [("jpg", b"\xff\xd8\xff"), ("png", b"\x89PNG"), ("webp", b"RIFF")])
 def test_encode_formats(jpeg_640: bytes, fmt: str, magic: bytes) -> None:
-    result = process_image(jpeg_640, ImageOptions(encode_format=fmt))
+    result = process_image(jpeg_640, ImageConfig(encode_format=fmt))
     assert result.data.startswith(magic)
     assert decode(result.data).shape == (256, 256, 3)
     assert result.original_format == "JPEG"
@@ -323,8 +323,8 @@ def test_bomb_png_rejected_from_header() -> None:
         assert reason_of(png_with_header(10_000, 10_000)) == reasons.DECODE_BOMB
     assert time.perf_counter() - start < 1.0
     small = encode(photo(200, 150), "PNG")
-    assert reason_of(small, ImageOptions(max_image_pixels=100 * 100)) == reasons.DECODE_BOMB
-    assert process_image(small, ImageOptions(max_image_pixels=200 * 150)).width == 256
+    assert reason_of(small, ImageConfig(max_image_pixels=100 * 100)) == reasons.DECODE_BOMB
+    assert process_image(small, ImageConfig(max_image_pixels=200 * 150)).width == 256
 
 
 @pytest.mark.parametrize(
@@ -384,7 +384,7 @@ def test_only_image_decode_error_escapes(jpeg_640: bytes) -> None:
                 data[pos] = int(rng.integers(0, 256))
             cut = int(rng.integers(len(data) // 2, len(data) + 1))
             try:
-                result = process_image(bytes(data[:cut]), ImageOptions(image_size=64))
+                result = process_image(bytes(data[:cut]), ImageConfig(image_size=64))
                 assert isinstance(result, ProcessedImage)
             except ImageDecodeError as exc:
                 assert exc.reason in {
@@ -414,7 +414,7 @@ def test_options_validated() -> None:
         {"background": (0, 0, 256)},
     ):
         with pytest.raises(ValueError):
-            ImageOptions(**bad)  # type: ignore[arg-type]
+            ImageConfig(**bad)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -426,7 +426,7 @@ def test_phash_robust_to_reencode_and_resize() -> None:
         arr = photo(640, 480, seed=seed)
         original = process_image(encode(arr, "JPEG", quality=95)).phash
         smaller = Image.fromarray(arr).resize((320, 240), Image.Resampling.BILINEAR)
-        copy = process_image(encode(smaller, "JPEG", quality=60), ImageOptions(resize_mode="keep_ratio")).phash
+        copy = process_image(encode(smaller, "JPEG", quality=60), ImageConfig(resize_mode="keep_ratio")).phash
         assert hamming64(original, copy) <= 4, seed
         assert phash64(arr) == phash64(Image.fromarray(arr))
 
@@ -458,3 +458,13 @@ def test_phash_int64_helpers() -> None:
     assert hamming64(-1, 2**64 - 1) == 0
     h = process_image(encode(photo(100, 100), "PNG")).phash
     assert 0 <= h < 2**64
+
+
+def test_every_configurable_interpolation_resizes() -> None:
+    from altsieve.core.config import INTERPOLATIONS
+
+    data = encode(photo(120, 90), "PNG")
+    for name in INTERPOLATIONS:  # the config's choices and imageops' cv2 flags are one list
+        down = process_image(data, ImageConfig(image_size=60, downscale_interpolation=name))
+        up = process_image(data, ImageConfig(image_size=240, upscale_interpolation=name))
+        assert (down.width, up.width) == (60, 240)

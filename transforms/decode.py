@@ -6,7 +6,6 @@ on the upright original, so a pair dropped for its size still records its dimens
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import apache_beam as beam
@@ -18,7 +17,7 @@ from altsieve.core.config import Config, ImageConfig
 from altsieve.core.layout import Column
 from altsieve.filters.base import PairRule, RuleSet
 from altsieve.filters.safety import scrub
-from altsieve.transforms.imageops import ImageDecodeError, ImageOptions, phash_to_int64, process_image
+from altsieve.transforms.imageops import ImageDecodeError, phash_to_int64, process_image
 from altsieve.transforms.metrics import count_drops
 from altsieve.transforms.thumbnails import set_aside
 
@@ -37,17 +36,6 @@ COLUMNS = (
 def needs_pixels(config: Config) -> bool:
     """Whether a stage after Decode looks at the picture (transforms/image_content.py)."""
     return config.dedup.crop.enabled or config.content.text.enabled or config.content.faces.enabled
-
-
-def image_options(config: ImageConfig) -> ImageOptions:
-    return ImageOptions(
-        image_size=config.image_size,
-        resize_mode=config.resize_mode,
-        resize_only_if_bigger=config.resize_only_if_bigger,
-        encode_format=config.encode_format,
-        encode_quality=config.encode_quality,
-        max_image_pixels=config.max_image_pixels,
-    )
 
 
 def _before_decode(rule: type[PairRule]) -> bool:
@@ -75,8 +63,8 @@ PIXELS_FIELD = "pixels"
 
 
 def decode_record(
-    record: dict[str, Any], options: ImageOptions, before: RuleSet, after: RuleSet,
-    safety: tuple[RuleSet, RuleSet] | None = None,
+    record: dict[str, Any], options: ImageConfig, before: RuleSet, after: RuleSet,
+    safety: tuple[RuleSet, RuleSet] | None = None, keep_content: bool = False,
 ) -> dict[str, Any]:
     """Fill the image fields of a fetched record, or its reason; the fetched bytes are released.
 
@@ -95,7 +83,7 @@ def decode_record(
         set_aside(record, body)  # the fetched file: the audit's thumbnail sample may show it
         return record
     try:
-        processed = process_image(body, options)
+        processed = process_image(body, options, keep_content)
     except ImageDecodeError as err:
         record["reason"], record["error_message"] = err.reason, err.message
         return record
@@ -128,13 +116,13 @@ class _DecodeRecord(beam.DoFn):
         self._decoded = Metrics.counter("altsieve", "pairs_decoded")
 
     def setup(self) -> None:
-        self._options = replace(image_options(self._config.image), keep_content=needs_pixels(self._config))
+        self._options, self._keep_content = self._config.image, needs_pixels(self._config)
         self._before, self._after = image_rule_sets(self._config)
         self._safety = safety_rule_sets(self._config)
 
     def process(self, record: dict[str, Any]):
         fetched = record.get("body") is not None and record.get("reason") is None
-        record = decode_record(record, self._options, self._before, self._after, self._safety)
+        record = decode_record(record, self._options, self._before, self._after, self._safety, self._keep_content)
         if fetched and record.get("image") is not None:
             self._decoded.inc()
         yield record

@@ -37,7 +37,7 @@ from altsieve.core.layout import Column
 from altsieve.filters.base import RuleSet
 from altsieve.transforms import crop_features
 from altsieve.transforms.batching import PartitionBatches
-from altsieve.transforms.decode import PIXELS_FIELD, image_options
+from altsieve.transforms.decode import PIXELS_FIELD
 from altsieve.transforms.imageops import encode
 from altsieve.transforms.metrics import count_drops
 from altsieve.transforms.thumbnails import set_aside
@@ -231,7 +231,7 @@ class _Content(PartitionBatches):
         self._text = _text_detector(config.content.text.model_dump_json()) if config.content.text.enabled else None
         self._faces = FaceDetector(config.content.faces) if config.content.faces.enabled else None
         self._blur = config.content.faces.blur
-        self._options = image_options(config.image)
+        self._options = config.image
         self._mode = config.image.resize_mode
         self._rules = RuleSet.for_stages(config, reasons.CONTENT)
         cv2.setNumThreads(1)  # one worker thread per Beam worker: Beam parallelises across records

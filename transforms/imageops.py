@@ -38,14 +38,12 @@ import numpy as np
 from PIL import ExifTags, Image, TiffImagePlugin, UnidentifiedImageError
 
 from altsieve.core import reasons
+from altsieve.core.config import ImageConfig
 
 __all__ = [
     "ImageDecodeError",
-    "ImageOptions",
     "ProcessedImage",
     "encode",
-    "RESIZE_MODES",
-    "ENCODE_FORMATS",
     "hamming64",
     "int64_to_phash",
     "phash64",
@@ -53,10 +51,7 @@ __all__ = [
     "process_image",
 ]
 
-RESIZE_MODES: frozenset[str] = frozenset({"no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"})
-ENCODE_FORMATS: frozenset[str] = frozenset({"jpg", "webp", "png"})
-
-# Same names as img2dataset's --upscale_interpolation / --downscale_interpolation, so recipes carry over.
+# cv2's flag for each of ImageConfig's interpolation names (img2dataset's --upscale_interpolation names).
 _INTERPOLATIONS: dict[str, int] = {
     "nearest": cv2.INTER_NEAREST,
     "linear": cv2.INTER_LINEAR,
@@ -84,55 +79,11 @@ _U64_MASK = (1 << 64) - 1
 _PRESCALE_MIN_PIXELS = 256 * 256
 
 
-@dataclass(frozen=True)
-class ImageOptions:
-    """How :func:`process_image` resizes and encodes; the fields and their meaning follow img2dataset's options.
-
-    ``max_image_pixels`` should not exceed ``PIL.Image.MAX_IMAGE_PIXELS`` times two: Pillow refuses larger images
-    itself at open (reported as ``DECODE_BOMB`` too). Raise Pillow's global as well to allow bigger images.
-    """
-
-    image_size: int = 256
-    resize_mode: str = "border"
-    resize_only_if_bigger: bool = False
-    upscale_interpolation: str = "lanczos"
-    downscale_interpolation: str = "area"
-    encode_format: str = "jpg"
-    encode_quality: int = 95
-    max_image_pixels: int = 89_478_485
-    background: tuple[int, int, int] = (255, 255, 255)
-    extract_exif: bool = True
-    # Keep the resized upright pixels (before any border or crop) in ProcessedImage.content, for the stages
-    # after Decode that look at the picture (crop-robust dedup features, text and face detection).
-    keep_content: bool = False
-
-    def __post_init__(self) -> None:
-        # Fail when the pipeline is built, not on the first image of a worker.
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {sorted(RESIZE_MODES)}, got {self.resize_mode!r}")
-        if self.encode_format not in ENCODE_FORMATS:
-            raise ValueError(f"encode_format must be one of {sorted(ENCODE_FORMATS)}, got {self.encode_format!r}")
-        for name in ("upscale_interpolation", "downscale_interpolation"):
-            value = getattr(self, name)
-            if value.lower() not in _INTERPOLATIONS:
-                raise ValueError(f"{name} must be one of {sorted(_INTERPOLATIONS)}, got {value!r}")
-        if self.image_size < 1:
-            raise ValueError(f"image_size must be positive, got {self.image_size}")
-        if self.encode_format in ("jpg", "webp") and not 0 <= self.encode_quality <= 100:
-            raise ValueError(
-                f"encode_quality must be within 0..100 for {self.encode_format}, got {self.encode_quality}"
-            )
-        if self.max_image_pixels < 1:
-            raise ValueError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
-        if len(self.background) != 3 or not all(0 <= int(c) <= 255 for c in self.background):
-            raise ValueError(f"background must be three values within 0..255, got {self.background!r}")
-
-
 @dataclass
 class ProcessedImage:
     """One successfully processed image."""
 
-    data: bytes  # encoded output in ImageOptions.encode_format
+    data: bytes  # encoded output in ImageConfig.encode_format
     width: int  # output size
     height: int
     original_width: int  # after EXIF orientation, before resize
@@ -141,7 +92,7 @@ class ProcessedImage:
     exif: str | None  # compact JSON object of tag name -> value (img2dataset's exif column), None when absent
     phash: int  # 64-bit perceptual hash, unsigned, in [0, 2**64); phash_to_int64 for Parquet int64 columns
     sha256: str  # hex digest of the input bytes
-    content: np.ndarray | None = None  # with ImageOptions.keep_content: uint8 RGB (or grey) [h, w(, 3)], no border
+    content: np.ndarray | None = None  # with keep_content: uint8 RGB (or grey) [h, w(, 3)], no border or crop
 
 
 class ImageDecodeError(Exception):
@@ -473,7 +424,7 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(arr)  # cv2 refuses negative strides
 
 
-def _plan_resize(width: int, height: int, options: ImageOptions) -> tuple[tuple[int, int] | None, bool]:
+def _plan_resize(width: int, height: int, options: ImageConfig) -> tuple[tuple[int, int] | None, bool]:
     """(resized width, height) before crop/pad, or None for no resize; and whether it is a downscale.
 
     Mirrors img2dataset's Resizer (albumentations SmallestMaxSize / LongestMaxSize): the scale comes from the
@@ -492,12 +443,12 @@ def _plan_resize(width: int, height: int, options: ImageOptions) -> tuple[tuple[
     return (max(1, round(width * scale)), max(1, round(height * scale))), downscale
 
 
-def encode(bgr: np.ndarray, options: ImageOptions) -> bytes:
+def encode(bgr: np.ndarray, options: ImageConfig) -> bytes:
     """A BGR uint8 image encoded as ``options`` say (format, quality): what the stored image of a record is."""
     return _encode(bgr, options)
 
 
-def _encode(bgr: np.ndarray, options: ImageOptions) -> bytes:
+def _encode(bgr: np.ndarray, options: ImageConfig) -> bytes:
     if options.encode_format == "jpg":
         params = [cv2.IMWRITE_JPEG_QUALITY, options.encode_quality]
     elif options.encode_format == "webp":
@@ -515,16 +466,18 @@ def _encode(bgr: np.ndarray, options: ImageOptions) -> bytes:
 # Entry point
 
 
-def process_image(data: bytes, options: ImageOptions | None = None) -> ProcessedImage:
+def process_image(data: bytes, options: ImageConfig | None = None, keep_content: bool = False) -> ProcessedImage:
     """Decode ``data``, apply EXIF orientation, flatten to RGB, resize as img2dataset would, and re-encode.
 
+    ``keep_content``: also keep the resized upright pixels (before any border or crop) in ``ProcessedImage.content``,
+    for the stages after Decode that look at the picture (crop-robust dedup features, text and face detection).
     Raises :class:`ImageDecodeError` and nothing else.
     """
     if options is None:
         options = _DEFAULT_OPTIONS
     data = bytes(data)  # no copy for bytes; bytearray and memoryview callers get the same behaviour
     try:
-        return _process(data, options)
+        return _process(data, options, keep_content)
     except ImageDecodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise anything: OSError, ValueError, SyntaxError, struct.error
@@ -533,10 +486,10 @@ def process_image(data: bytes, options: ImageOptions | None = None) -> Processed
         raise ImageDecodeError(reason, f"{type(exc).__name__}: {message}"[:500]) from exc
 
 
-_DEFAULT_OPTIONS = ImageOptions()
+_DEFAULT_OPTIONS = ImageConfig()
 
 
-def _process(data: bytes, options: ImageOptions) -> ProcessedImage:
+def _process(data: bytes, options: ImageConfig, keep_content: bool = False) -> ProcessedImage:
     sha256 = hashlib.sha256(data).hexdigest()
     im = Image.open(io.BytesIO(data))  # header only; Pillow's own bomb check (2x its limit) may raise here
     fmt = im.format or "unknown"
@@ -602,9 +555,7 @@ def _process(data: bytes, options: ImageOptions) -> ProcessedImage:
     else:
         arr = flat
     if stored_target is not None and (arr.shape[1], arr.shape[0]) != stored_target:
-        interp = _INTERPOLATIONS[
-            (options.downscale_interpolation if downscale else options.upscale_interpolation).lower()
-        ]
+        interp = _INTERPOLATIONS[options.downscale_interpolation if downscale else options.upscale_interpolation]
         if interp == cv2.INTER_AREA:
             # cv2's float32 INTER_AREA gives bit-identical output to its uint8 one and is 25 % faster (1.18 vs
             # 1.56 ms for 640x480 -> 341x256), the conversions included.
@@ -646,5 +597,5 @@ def _process(data: bytes, options: ImageOptions) -> ProcessedImage:
         exif=exif_json,
         phash=phash,
         sha256=sha256,
-        content=arr if options.keep_content else None,
+        content=arr if keep_content else None,
     )

@@ -25,7 +25,8 @@ from typing import Any
 import fsspec
 
 from altsieve.core import fsutil, reasons
-from altsieve.transforms.imageops import ImageDecodeError, ImageOptions, process_image
+from altsieve.core.config import ImageConfig
+from altsieve.transforms.imageops import ImageDecodeError, process_image
 
 # The record field that carries a dropped pair's image bytes from the stage that dropped it to WriteShards.
 SET_ASIDE_FIELD = "dropped_image"
@@ -45,9 +46,9 @@ def sample_hash(key: str) -> int:
     return zlib.crc32(str(key).encode())
 
 
-def thumbnail_options(size: int) -> ImageOptions:
+def thumbnail_options(size: int) -> ImageConfig:
     # The longer side at most ``size``, aspect kept, never enlarged: a 20x20 image stays 20x20, a strip stays a strip.
-    return ImageOptions(image_size=size, resize_mode="keep_ratio_largest", resize_only_if_bigger=True,
+    return ImageConfig(image_size=size, resize_mode="keep_ratio_largest", resize_only_if_bigger=True,
                         encode_format="jpg", encode_quality=THUMBNAIL_QUALITY, extract_exif=False)
 
 

@@ -13,7 +13,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -65,13 +65,35 @@ class DownloadConfig(_Section):
         return value
 
 
+# The resize and encode choices, written once: the config, the CLI's --resize-mode / --encode-format choices and
+# transforms/imageops.py all read these. Names and meanings follow img2dataset's options, so recipes carry over.
+ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
+EncodeFormat = Literal["jpg", "webp", "png"]
+Interpolation = Literal["nearest", "linear", "bilinear", "cubic", "bicubic", "area", "lanczos", "lanczos4"]
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+ENCODE_FORMATS: tuple[str, ...] = get_args(EncodeFormat)
+INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
+_Channel = Annotated[int, Field(ge=0, le=255)]
+
+
 class ImageConfig(_Section):
+    """How each fetched image is decoded, resized and re-encoded (transforms/imageops.py ``process_image``)."""
+
     image_size: int = Field(256, ge=8)
-    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "border"
+    resize_mode: ResizeMode = "border"
     resize_only_if_bigger: bool = False
-    encode_format: Literal["jpg", "webp", "png"] = "jpg"
-    encode_quality: int = Field(95, ge=1, le=100)
+    # img2dataset's --upscale_interpolation / --downscale_interpolation (cv2 INTER_LANCZOS4 up, INTER_AREA down).
+    upscale_interpolation: Interpolation = "lanczos"
+    downscale_interpolation: Interpolation = "area"
+    encode_format: EncodeFormat = "jpg"
+    # jpg and webp: quality 0-100; png is lossless: 0-9 is the zlib level (as img2dataset), anything else level 3.
+    encode_quality: int = Field(95, ge=0, le=100)
+    # Larger images are refused (decode_bomb) from their headers, before any pixel is decoded (Pillow's default).
     max_image_pixels: int = Field(89_478_485, ge=1)
+    # The colour of the border (resize_mode border) and of transparent pixels, RGB.
+    background: tuple[_Channel, _Channel, _Channel] = (255, 255, 255)
+    # The original's EXIF tags as JSON in the exif column (img2dataset's --extract_exif).
+    extract_exif: bool = True
 
 
 class CaptionRulesConfig(_Section):
