@@ -19,7 +19,7 @@ from altsieve.transforms.heads import ClipHeads
 from altsieve.transforms.image_content import ImageContent
 from altsieve.transforms.language import LanguageTag
 from altsieve.transforms.progress import CountRecords
-from altsieve.transforms.read_inputs import InputFile, ReadPartitions, iter_rows, list_input_files, sniff_input
+from altsieve.transforms.read_inputs import InputFile, ReadPartitions, estimate_rows, list_input_files, sniff_input
 from altsieve.transforms.text_rules import CaptionRules, TextRules
 from altsieve.transforms.write_shards import WriteShards
 
@@ -36,7 +36,8 @@ def build_ingest(
         pipeline
         | "ReadPartitions" >> ReadPartitions(
             files, output, source.url_col, source.caption_col, source.save_additional_columns,
-            source.rows_per_partition, retry_failed,
+            source.rows_per_partition, retry_failed, settings=source,
+            max_field_chars=config.rules.caption.max_chars,
         )
         # Text first: a caption needs no image, and every pair a text rule drops costs no request.
         | "CaptionRules" >> CaptionRules(config)
@@ -100,7 +101,7 @@ def run_ingest(
     inputs, config = prepare_crawl_inputs(config, inputs, output, beam_args, crawl_inputs)
     files = list_input_files(inputs, config.input.input_format)
     for source in files:
-        sniff_input(source, config.input.url_col, config.input.caption_col)
+        sniff_input(source, config.input.url_col, config.input.caption_col, config.input)
     check_curation_models(config)
     # Load the CLIP model here once, before anything is written: a bad path or no network is one clear
     # error, and the output folder is left as it was (a corrected rerun is not refused as "other settings").
@@ -143,7 +144,7 @@ def _pairs_to_process(files: list[InputFile], config: Config, output: str, retry
     """What this run will push through the pipeline, for the progress bar's total and ETA: the input rows
     less the partitions a previous run finished (whole partitions, so exact but for each file's last one),
     plus, with --retry-failed, the transient failures the previous run's stats.json counted."""
-    rows = _count_rows(files, config)
+    rows = _count_rows(files)  # an estimate for text inputs
     done = len(layout.done_partitions(output))
     remaining = max(rows - done * config.input.rows_per_partition, 0)
     if retry_failed:
@@ -155,20 +156,7 @@ def _pairs_to_process(files: list[InputFile], config: Config, output: str, retry
     return remaining
 
 
-def _count_rows(files: list[InputFile], config: Config) -> int:
-    """Exact for Parquet (row counts are in the footer); for text inputs, one pass over the lines."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    total = 0
-    for source in files:
-        if source.fmt == "parquet" and not source.path.lower().endswith(".gz"):
-            with fsspec.open(source.path, "rb") as handle:
-                rows = pq.ParquetFile(handle).metadata.num_rows
-        elif source.fmt == "parquet":
-            rows = sum(1 for _ in iter_rows(source, config.input.url_col, config.input.caption_col, []))
-        else:
-            with fsspec.open(source.path, "rb", compression="infer") as handle:
-                rows = max(sum(1 for _ in handle) - (1 if source.fmt in ("csv", "tsv") else 0), 0)
-        total += rows
-    return total
+def _count_rows(files: list[InputFile]) -> int:
+    """Exact for plain Parquet (row counts are in the footer); for text inputs an estimate from each file's size
+    and the lines in its first MiB: never a read of the whole file (for gs:// that would be a second download)."""
+    return sum(estimate_rows(source)[0] for source in files)

@@ -154,4 +154,4 @@ def test_bad_rows_become_rows_with_a_reason(tmp_path) -> None:
     path.write_text('{"url": "http://a/1.jpg", "caption": "x"}\nnot json\n{"url": "", "caption": "y"}\n')
     (source,) = list_input_files([str(path)])
     rows = [r for p in iter_partitions(source, "url", "caption", [], 10) for r in p.rows]
-    assert [r["reason"] for r in rows] == [None, reasons.URL_INVALID, reasons.URL_MISSING]
+    assert [r["reason"] for r in rows] == [None, reasons.INPUT_MALFORMED_ROW, reasons.URL_MISSING]

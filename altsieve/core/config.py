@@ -7,6 +7,7 @@ misspelt key, so that a person can fix the recipe without reading this module.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import ipaddress
 import os
@@ -36,6 +37,21 @@ class InputConfig(_Section):
     input_format: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"
     # Pairs per partition: the unit of work, of resume and of the candidate shards.
     rows_per_partition: int = Field(10_000, ge=1)
+    # Text inputs (CSV, TSV, JSONL): their encoding (a leading byte-order mark is dropped); a line that is not
+    # valid in it becomes a row with reason input_undecodable, never U+FFFD.
+    encoding: str = "utf-8"
+    # CSV/TSV: may a quoted field run over several lines (pandas' to_csv writes captions with newlines so)?
+    # Off (pyarrow's default): one line is one row, and a quote left open is that row's input_malformed_row.
+    newlines_in_values: bool = False
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError as err:
+            raise ValueError(f"{value!r} is not an encoding Python knows (utf-8, latin-1, cp1252, gb18030)") from err
+        return value
 
 
 class DownloadConfig(_Section):

@@ -16,6 +16,9 @@ from typing import Any
 URL_MISSING = "url_missing"
 URL_INVALID = "url_invalid"
 URL_SCHEME_NOT_ALLOWED = "url_scheme_not_allowed"
+# A row the input reader could not take apart (transforms/read_inputs.py); error_message names the line.
+INPUT_MALFORMED_ROW = "input_malformed_row"  # unclosed quote, wrong field count, a JSON line that is no object
+INPUT_UNDECODABLE = "input_undecodable"  # bytes not valid in the input's encoding (input.encoding, --encoding)
 
 # Cheap caption rules (before download)
 CAPTION_EMPTY = "caption_empty"
@@ -133,7 +136,7 @@ def status_for(reason: str | None) -> str:
     """img2dataset-compatible status for a reason code."""
     if reason is None:
         return STATUS_SUCCESS
-    if reason.startswith(("download_", "url_")):
+    if reason.startswith(("download_", "url_", "input_")):
         return STATUS_FAILED_TO_DOWNLOAD
     if reason.startswith("decode_"):
         return STATUS_FAILED_TO_RESIZE
@@ -162,7 +165,8 @@ INPUT, CAPTION, TEXT, DOWNLOAD, DECODE, IMAGE, CLIP, CORPUS, DEDUP = (
 SAFETY, CONTENT, HEADS, BALANCE = "safety", "content", "heads", "balance"
 
 FUNNEL: tuple[Stage, ...] = (
-    Stage(INPUT, "valid input row", (URL_MISSING, URL_INVALID, URL_SCHEME_NOT_ALLOWED), always_shown=True),
+    Stage(INPUT, "valid input row", (INPUT_MALFORMED_ROW, INPUT_UNDECODABLE, URL_MISSING, URL_INVALID,
+                                     URL_SCHEME_NOT_ALLOWED), always_shown=True),
     Stage(CAPTION, "caption rules", (CAPTION_EMPTY, CAPTION_TOO_SHORT_CHARS, CAPTION_TOO_LONG_CHARS,
                                      CAPTION_TOO_FEW_WORDS, CAPTION_TOO_MANY_WORDS)),
     # Before download: a caption needs no image, and every pair dropped here costs no request.
