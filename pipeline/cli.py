@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from altsieve import __version__
+from altsieve.core import lease
 from altsieve.core.config import (
     ENCODE_FORMATS,
     RESIZE_MODES,
@@ -31,6 +32,7 @@ FLAG_FIELDS: dict[str, tuple[str, Any]] = {
     "caption_col": ("input.caption_col", str),
     "input_format": ("input.input_format", str),
     "rows_per_partition": ("input.rows_per_partition", int),
+    "encoding": ("input.encoding", str),
     "image_size": ("image.image_size", int),
     "resize_mode": ("image.resize_mode", str),
     "encode_format": ("image.encode_format", str),
@@ -77,6 +79,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--rows-per-partition", dest="rows_per_partition", type=int, metavar="N",
                        help="pairs per partition, the unit of work and of resume "
                        f"{_recipe_default('input.rows_per_partition')}")
+    group.add_argument("--encoding", metavar="CODEC",
+                       help="encoding of CSV/TSV/JSONL inputs, e.g. latin-1, cp1252: a line not valid in it becomes a "
+                       f"row with reason input_undecodable {_recipe_default('input.encoding')}")
     group.add_argument("--image-size", dest="image_size", type=int, metavar="PX",
                        help=f"side of the stored images, in pixels {_recipe_default('image.image_size')}")
     group.add_argument("--resize-mode", dest="resize_mode",
@@ -179,6 +184,7 @@ def _output_config(output: str) -> Config:
         return Config.model_validate(yaml.safe_load(handle.read()))
 
 
+@lease.holding("altsieve run")  # one run per output folder; the passes inside share this lease
 def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str], retry_failed: bool = False,
             crawl_inputs: Any = None) -> dict:
     """The three passes in order, then the reports."""
@@ -281,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"altsieve {__version__}",
                         help="print the version and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="show Beam's own log (default: off)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (default: off; a user's error is one line)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, helptext in [("run", "ingest, select and reshard in one go, then the reports"),
@@ -340,18 +348,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("altsieve").setLevel(logging.INFO)
+    if not (args.verbose or args.debug):
+        # Beam logs a failing step's traceback before raising it; the one line below says what it was.
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     try:
         return _dispatch(args, beam_args)
-    except ConfigError as err:
-        print(f"altsieve: error: {err}", file=sys.stderr)
-        return 2
     except Exception as err:
-        from altsieve.transforms.read_inputs import InputError
+        from altsieve.pipeline.errors import user_error
 
-        if isinstance(err, InputError):
-            print(f"altsieve: error: {err}", file=sys.stderr)
-            return 2
-        raise
+        problem = None if args.debug else user_error(err, getattr(args, "output", None))
+        if problem is None:
+            raise  # a bug (or --debug): the traceback is what helps
+        print(f"altsieve: error: {problem.message}", file=sys.stderr)
+        return problem.exit_code
 
 
 def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -403,8 +412,9 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
         from altsieve.pipeline.reshard import run_reshard
 
         started = time.time()
-        metrics = run_reshard(config, args.output, beam_args)
-        stats = write_reports(config, args.output, metrics, started)
+        with lease.hold(args.output, "altsieve reshard"):  # the reports too, under the pass's lease
+            metrics = run_reshard(config, args.output, beam_args)
+            stats = write_reports(config, args.output, metrics, started)
         _print_summary(args.output, stats, config)
     return 0
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from altsieve.core import fsutil, layout, reasons
+from altsieve.core import fsutil, layout, lease, reasons
 from altsieve.core.config import Config, ConfigError, config_to_yaml
 from altsieve.pipeline.beam_run import Progress, run_pipeline
 from altsieve.pipeline.extract import CrawlInputs, prepare_crawl_inputs
@@ -93,6 +93,7 @@ def check_config_matches(output: str, config: Config) -> None:
     fsutil.write_text(saved_path, config_to_yaml(config))
 
 
+@lease.holding("altsieve ingest")  # one run per output folder (a second is refused, naming this one)
 def run_ingest(
     config: Config, inputs: list[str], output: str, beam_args: list[str], retry_failed: bool = False,
     crawl_inputs: CrawlInputs | None = None,
@@ -111,7 +112,7 @@ def run_ingest(
         record_model_identity(output, clip_identity)
     fsutil.write_json(layout.meta(output, "inputs.json"), [{"index": f.index, "path": f.path} for f in files])
     fsutil.makedirs(fsutil.join(output, layout.CANDIDATES_DIR))
-    layout.remove_stale_temporaries(output)  # a killed run's unfinished writes
+    layout.remove_stale_temporaries(output)  # a killed run's unfinished writes, anywhere in the tree
     with Progress("ingest", output, "ingest", total=_pairs_to_process(files, config, output, retry_failed)):
         metrics = run_pipeline(lambda p: build_ingest(p, config, files, output, retry_failed, clip_identity), beam_args)
     fsutil.write_json(layout.meta(output, "ingest_done.json"), {"partitions": layout.done_partitions(output)})

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from altsieve.core import fsutil, layout
+from altsieve.core import fsutil, layout, lease
 from altsieve.core.config import Config, ConfigError, LanguageConfig, bucket_of
 from altsieve.pipeline.beam_run import Progress, run_pipeline
 from altsieve.transforms.progress import ProgressWriter
@@ -285,11 +285,13 @@ def _record_plan(output: str, counts: dict[tuple[str, str], int], samples_per_sh
     return counts
 
 
+@lease.holding("altsieve reshard")
 def run_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
     done_path = layout.meta(output, "select_done.json")
     if not fsutil.exists(done_path):
         raise ConfigError(f"{output} has no finished select pass ({done_path} is missing): run `altsieve select` first")
     partitions = list(fsutil.read_json(done_path)["partitions"])
+    layout.remove_stale_temporaries(output)  # a killed reshard's unfinished final shards
     clip_identity = None
     if config.clip.enabled and config.clip.save_embeddings:  # the final shards' embeddings, clip-retrieval's layout
         clip_identity = {k: v for k, v in fsutil.read_json(layout.meta(output, layout.CLIP_MODEL_FILE)).items()

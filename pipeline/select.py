@@ -15,7 +15,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from altsieve.core import fsutil, layout
+from altsieve.core import fsutil, layout, lease
 from altsieve.core.config import Config, ConfigError
 from altsieve.dedup.rules import dedup_rules
 from altsieve.filters.clip import ClipTopFraction
@@ -194,8 +194,10 @@ def ingested_partitions(output: str) -> list[str]:
     return list(fsutil.read_json(done_path)["partitions"])
 
 
+@lease.holding("altsieve select")
 def run_select(config: Config, output: str, beam_args: list[str]) -> dict:
     partitions = ingested_partitions(output)
+    layout.remove_stale_temporaries(output)  # a killed select's unfinished decision files
 
     def total(counts: dict[str, int]) -> int | None:  # known once every partition's metadata is read
         return counts.get("read", 0) if counts["items"] >= len(partitions) else None

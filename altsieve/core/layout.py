@@ -101,12 +101,16 @@ def done_partitions(output: str) -> list[str]:
 
 
 def remove_stale_temporaries(output: str) -> int:
-    """Delete temporary files a killed run left in the candidate folder; returns how many.
+    """Delete the temporary files killed runs left anywhere in the output tree; returns how many.
 
-    Writes go to ``.tmp-*`` beside their target and are renamed when complete (fsutil.atomic_open),
-    so a leftover is always an unfinished write of a run that no longer exists.
+    Writes go to ``.tmp-*`` beside their target and are renamed when complete (fsutil.atomic_open), and
+    every pass calls this while it holds the folder's lease (core/lease.py), so a leftover is always an
+    unfinished write of a run that no longer exists: candidates, decisions, final shards (also in each
+    ``lang=`` bucket), extracted crawl pairs and the run's own metadata.
     """
-    leftovers = fsutil.glob(fsutil.join(output, CANDIDATES_DIR, ".tmp-*"))
+    leftovers = sorted({
+        path for depth in ("", "*/", "*/*/") for path in fsutil.glob(fsutil.join(output, f"{depth}.tmp-*"))
+    })
     for path in leftovers:
         fs, resolved = fsutil.filesystem(path)
         fs.rm(resolved)
