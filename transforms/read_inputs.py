@@ -291,6 +291,11 @@ def _iter_jsonl(path: str, needed: list[str], encoding: str = "utf-8") -> Iterat
             # A JSONL file has no header: the first object stands for it.
             _check_columns(path, list(row), needed)
             checked = True
+        nested = next((c for c in needed if isinstance(row.get(c), (dict, list))), None)
+        if nested is not None:
+            kind = "an object" if isinstance(row[nested], dict) else "a list"
+            yield _bad(reasons.INPUT_MALFORMED_ROW, f"line {number}: {nested!r} is {kind}, not text")
+            continue
         yield row
 
 
@@ -350,9 +355,9 @@ def _normalise_row(
                       error_message=f"a binary url or caption cell is not valid {encoding} ({err.reason})")
         record["extra"] = {c: None for c in extra_cols}
         return record
-    if isinstance(row.get(caption_col), (dict, list)):
+    if isinstance(row.get(caption_col), (dict, list)):  # a Parquet list or struct column
         record.update(url=url, caption="", reason=reasons.INPUT_MALFORMED_ROW,
-                      error_message=f"the caption is a JSON {type(row[caption_col]).__name__}, not text")
+                      error_message=f"the caption cell is a {type(row[caption_col]).__name__}, not text")
         record["extra"] = {c: None for c in extra_cols}
         return record
     record["url"], record["caption"] = url, caption
