@@ -30,6 +30,8 @@ import functools
 import hashlib
 import io
 import json
+import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -358,10 +360,33 @@ def _classify(exc: BaseException, data: bytes) -> str:
 # Decoding helpers
 
 
-def _flatten(im: Image.Image, background: tuple[int, int, int]) -> Image.Image | np.ndarray:
+# Conversions and reductions of a large image run on row blocks of about this many pixels, so that their working
+# copies stay a few MB beside the decoded raster: converting a 9400x9400 int32 TIFF whole made 1.77 GB of copies
+# from a 337 MB raster (bench/bench_image_memory.py; 0.46 GB with blocks).
+_BLOCK_PIXELS = 1 << 20
+
+
+def _row_blocks(width: int, height: int, multiple: int = 1) -> Iterator[tuple[int, int]]:
+    rows = max(multiple, _BLOCK_PIXELS // max(width, 1) // multiple * multiple)
+    for top in range(0, height, rows):
+        yield top, min(height, top + rows)
+
+
+def _to_uint8(im: Image.Image, convert: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``convert`` applied to the image's pixels block by block, into one uint8 array."""
+    width, height = im.size
+    out = np.empty((height, width), np.uint8)
+    for top, bottom in _row_blocks(width, height):
+        out[top:bottom] = convert(np.asarray(im.crop((0, top, width, bottom))))
+    return out
+
+
+def _flatten(im: Image.Image, background: tuple[int, int, int],
+             extrema: tuple[float, float] | None = None) -> Image.Image | np.ndarray:
     """Loaded Pillow image -> Pillow "RGB" or "L" image, or a uint8 array for the modes Pillow cannot scale right.
 
-    Grey sources stay grey (they are resized at 1/3 the cost and expanded to RGB at the end).
+    Grey sources stay grey (they are resized at 1/3 the cost and expanded to RGB at the end). ``extrema``: the
+    (min, max) of a mode "I" image before it was reduced, which decide how its values are scaled.
     """
     mode = im.mode
     if mode in ("RGB", "L"):
@@ -376,31 +401,102 @@ def _flatten(im: Image.Image, background: tuple[int, int, int]) -> Image.Image |
         return im.convert("L")
     elif mode.startswith("I;16"):
         # 16-bit grey (PNG, TIFF): Pillow's convert("L") clips at 255 instead of scaling; scale 0..65535 to 0..255.
-        wide = np.asarray(im).astype(np.uint32)
-        return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return _to_uint8(im, lambda block: ((block.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
     elif mode == "I":
-        wide = np.asarray(im).astype(np.int64)
-        if wide.size and (wide.min() < 0 or wide.max() > 255):
+        low, high = extrema or im.getextrema()
+        if low < 0 or high > 255:
             # 32-bit container holding 16-bit data is the common case (older Pillow, TIFF); else stretch the range.
-            lo, hi = (0, 65535) if wide.min() >= 0 and wide.max() <= 65535 else (int(wide.min()), int(wide.max()))
-            wide = (wide - lo) * 255 // max(hi - lo, 1)
-        return wide.clip(0, 255).astype(np.uint8)
+            lo, hi = (0, 65535) if low >= 0 and high <= 65535 else (int(low), int(high))
+            return _to_uint8(im, lambda block: ((block.astype(np.int64) - lo) * 255 // max(hi - lo, 1))
+                             .clip(0, 255).astype(np.uint8))
+        return _to_uint8(im, lambda block: block.clip(0, 255).astype(np.uint8))
     elif mode == "F":
-        flt = np.asarray(im)
-        if flt.size and np.nanmax(flt) <= 1.0:
-            flt = flt * 255.0
-        return np.nan_to_num(flt).clip(0, 255).round().astype(np.uint8)
+        width, height = im.size
+        peaks = (np.nanmax(b) for top, bottom in _row_blocks(width, height)
+                 if not np.isnan(b := np.asarray(im.crop((0, top, width, bottom)))).all())
+        scale = 255.0 if max(peaks, default=np.inf) <= 1.0 else 1.0
+        return _to_uint8(im, lambda block: np.nan_to_num(block * scale).clip(0, 255).round().astype(np.uint8))
 
     if mode == "RGBA":
         # Composite on the background before any resize: resizing straight RGBA would bleed the (often black)
         # colour of transparent pixels into the edges.
         base = Image.new("RGB", im.size, background)
-        base.paste(im, mask=im.getchannel("A"))
+        width, height = im.size
+        for top, bottom in _row_blocks(width, height):
+            block = im.crop((0, top, width, bottom))
+            base.paste(block, (0, top), mask=block.getchannel("A"))
         return base
     if mode == "RGB":
         return im
     # CMYK (Pillow already undoes Adobe's inverted CMYK JPEGs), YCbCr, RGBX, HSV...
     return im.convert("RGB")
+
+
+def _reducible(block: Image.Image) -> Image.Image:
+    """A block in a mode Pillow's reduce averages correctly: colour for palettes, premultiplied alpha."""
+    mode = block.mode
+    if mode in ("L", "RGB", "I", "F", "La", "RGBa"):
+        return block
+    if mode == "P":
+        block = block.convert("RGBA" if "transparency" in block.info else "RGB")
+        mode = block.mode
+    if mode in ("RGBA", "PA"):
+        # Averaging premultiplied colour, then compositing, equals compositing, then averaging (flat background).
+        return block.convert("RGBA").convert("RGBa")
+    if mode == "LA":
+        return block.convert("La")
+    if mode == "1":
+        return block.convert("L")
+    if mode.startswith("I;16"):
+        return block.convert("I")
+    return block if mode == "RGB" else block.convert("RGB")
+
+
+def _reduce_in_blocks(im: Image.Image, factor: int, width: int, height: int) -> Image.Image:
+    """``im.reduce(factor, box=(0, 0, width, height))`` made block by block, converting each block first.
+
+    The same pixels as reducing the whole (blocks start at multiples of ``factor``), without a full-size converted
+    copy: the decoded raster plus a few MB is the peak.
+    """
+    parts = [_reducible(im.crop((0, top, width, bottom))).reduce(factor)
+             for top, bottom in _row_blocks(width, height, factor)]
+    out = Image.new(parts[0].mode, (parts[0].size[0], sum(part.size[1] for part in parts)))
+    top = 0
+    for part in parts:
+        out.paste(part, (0, top))
+        top += part.size[1]
+    return out.convert("I;16") if im.mode.startswith("I;16") else out
+
+
+# ICO and ICNS files hold images whose real size only their own headers tell (an ICO directory says at most
+# 256x256), and Pillow decodes the embedded PNG inside Image.open, before anyone sees its size (a 13000x13000 one:
+# 645 MB of raster): the sizes are read from the raw bytes first.
+def _embedded_sizes(data: bytes) -> Iterator[tuple[int, int]]:
+    if data[:4] in (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00") and len(data) >= 6:  # ICO, CUR
+        count = struct.unpack("<H", data[4:6])[0]  # entries: width, height, colours, reserved, ..., size, offset
+        for index in range(min(count, (len(data) - 6) // 16)):
+            size, offset = struct.unpack("<II", data[6 + 16 * index + 8: 6 + 16 * index + 16])
+            head = data[offset: offset + 24]
+            if head[:8] == _PNG_MAGIC and len(head) >= 24:
+                yield struct.unpack(">II", head[16:24])
+            elif len(head) >= 12:  # a DIB: width, then twice the height (image and mask)
+                width, height = struct.unpack("<ii", head[4:12])
+                yield abs(width), abs(height) // 2
+    elif data[:4] == b"icns":
+        start = data.find(_PNG_MAGIC)
+        while start >= 0:
+            if data[start + 12: start + 16] == b"IHDR":
+                yield struct.unpack(">II", data[start + 16: start + 24])
+            start = data.find(_PNG_MAGIC, start + 8)
+        start = data.find(b"ihdr")  # a JPEG 2000 image header box (22 bytes long): height, then width
+        while 4 <= start <= len(data) - 12:
+            if data[start - 4: start] == b"\x00\x00\x00\x16":
+                height, width = struct.unpack(">II", data[start + 4: start + 12])
+                yield width, height
+            start = data.find(b"ihdr", start + 4)
+
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -491,6 +587,10 @@ _DEFAULT_OPTIONS = ImageConfig()
 
 def _process(data: bytes, options: ImageConfig, keep_content: bool = False) -> ProcessedImage:
     sha256 = hashlib.sha256(data).hexdigest()
+    for width, height in _embedded_sizes(data):  # icons: before Image.open, which decodes them
+        if width * height > options.max_image_pixels:
+            raise ImageDecodeError(reasons.DECODE_BOMB, f"an icon holds a {width}x{height} image = "
+                                   f"{width * height} pixels > {options.max_image_pixels}")
     im = Image.open(io.BytesIO(data))  # header only; Pillow's own bomb check (2x its limit) may raise here
     fmt = im.format or "unknown"
     if fmt in _BLOCKED_FORMATS:
@@ -508,6 +608,12 @@ def _process(data: bytes, options: ImageConfig, keep_content: bool = False) -> P
     draftable = fmt in ("JPEG", "MPO")
     if not draftable:
         im.load()  # an animated image stays on its first frame, where Image.open put it
+        if im.size != (stored_w, stored_h):  # a format whose pixels come with another size than its header's
+            width, height = im.size
+            if width * height > options.max_image_pixels:
+                raise ImageDecodeError(reasons.DECODE_BOMB, f"{width}x{height} = {width * height} pixels > "
+                                       f"{options.max_image_pixels}")
+            stored_w, stored_h = width, height
 
     # Orientation before the draft: it decides which way the target box lies.
     exif: Image.Exif | None
@@ -538,22 +644,21 @@ def _process(data: bytes, options: ImageConfig, keep_content: bool = False) -> P
                 content = (max(int(box[2] + 0.5), stored_target[0]), max(int(box[3] + 0.5), stored_target[1]))
         im.load()
 
-    flat = _flatten(im, options.background)
-    if isinstance(flat, Image.Image):
-        if content is not None and content != flat.size:
-            flat = flat.crop((0, 0, *content))
-        if stored_target is not None and downscale and stored_w * stored_h >= _PRESCALE_MIN_PIXELS:
-            fw, fh = flat.size
-            k = min(fw // stored_target[0], fh // stored_target[1])
-            if k >= 2:
-                # Not a JPEG (or beyond draft's 1/8): Pillow's integer box reduce is ~3x cheaper than cv2
-                # INTER_AREA over the full image, and the resize below averages the rest. A partial last block is
-                # kept only when at least half full, for the reason given at the draft above.
-                bw, bh = min((fw + k // 2) // k * k, fw), min((fh + k // 2) // k * k, fh)
-                flat = flat.reduce(k, box=(0, 0, bw, bh))
-        arr = np.asarray(flat)
-    else:
-        arr = flat
+    if content is not None and content != im.size:
+        im = im.crop((0, 0, *content))
+    extrema = im.getextrema() if im.mode == "I" else None  # of the whole image, before any reduction
+    if stored_target is not None and downscale and stored_w * stored_h >= _PRESCALE_MIN_PIXELS:
+        fw, fh = im.size
+        k = min(fw // stored_target[0], fh // stored_target[1])
+        if k >= 2:
+            # Not a JPEG (or beyond draft's 1/8): Pillow's integer box reduce is ~3x cheaper than cv2 INTER_AREA
+            # over the full image, and the resize below averages the rest. A partial last block is kept only when
+            # at least half full, for the reason given at the draft above. Reduced before any conversion, block by
+            # block, so that a large image costs its decoded raster and little more.
+            bw, bh = min((fw + k // 2) // k * k, fw), min((fh + k // 2) // k * k, fh)
+            im = _reduce_in_blocks(im, k, bw, bh)
+    flat = _flatten(im, options.background, extrema)
+    arr = np.asarray(flat) if isinstance(flat, Image.Image) else flat
     if stored_target is not None and (arr.shape[1], arr.shape[0]) != stored_target:
         interp = _INTERPOLATIONS[options.downscale_interpolation if downscale else options.upscale_interpolation]
         if interp == cv2.INTER_AREA:
