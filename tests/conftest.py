@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
 from altsieve.testcorpus.generator import TestCorpus, generate_corpus
@@ -27,3 +30,18 @@ def demo_run(corpus, tmp_path_factory) -> tuple[str, dict]:
         corpus.write_input(input_path, server.base_url)
         stats = run_all(demo_config("demo"), [input_path], str(folder / "out"), [])
     return str(folder / "out"), stats
+
+
+@pytest.fixture(scope="session")
+def tmpfs_mountable() -> bool:
+    """Whether this machine lets a user namespace mount a (read-only) tmpfs: a real full or read-only disk.
+
+    Most Linux kernels allow it (``unshare --user --map-root-user --mount``); where one does not, the fault
+    tests make the same error with a patched write instead.
+    """
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            "d=$(mktemp -d) && mount -t tmpfs -o ro,size=64k tmpfs $d && umount $d; rmdir $d"],
+                           capture_output=True)
+    return probe.returncode == 0

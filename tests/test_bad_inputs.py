@@ -12,7 +12,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -228,20 +227,11 @@ def test_cli_debug_shows_the_traceback(tmp_path) -> None:
         main(["--debug", "ingest", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "o")])
 
 
-def _readonly_mount_allowed() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                            "d=$(mktemp -d) && mount -t tmpfs -o ro,size=64k tmpfs $d && umount $d; rmdir $d"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
-def test_cli_read_only_output(capsys, good_csv, tmp_path, monkeypatch) -> None:
+def test_cli_read_only_output(capsys, good_csv, tmp_path, monkeypatch, tmpfs_mountable) -> None:
     """A read-only file system (a read-only tmpfs where one can be mounted), or a folder without write permission."""
     output = tmp_path / "ro"
     output.mkdir()
-    if _readonly_mount_allowed():
+    if tmpfs_mountable:
         script = f'mount -t tmpfs -o ro,size=64k tmpfs "{output}" && exec "$0" -m altsieve.pipeline.cli "$@"'
         done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, sys.executable,
                                "ingest", good_csv, "-o", str(output / "out")], capture_output=True, text=True)

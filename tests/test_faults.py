@@ -204,16 +204,6 @@ def test_a_lease_of_a_dead_process_on_this_host_is_stale_at_once(tmp_path) -> No
 # --- Disk full --------------------------------------------------------------------------------------
 
 
-def _tmpfs_allowed() -> bool:
-    """Whether this machine lets an unprivileged user namespace mount a tmpfs (most Linux kernels do)."""
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                            "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d && umount $d; rmdir $d"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
 DISK_FULL_SCRIPT = textwrap.dedent("""
     set -u
     mount -t tmpfs -o size=$SIZE tmpfs "$OUT"
@@ -227,15 +217,15 @@ DISK_FULL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_disk_full_is_one_line_and_the_rerun_completes(small_input, reference, tmp_path, monkeypatch,
-                                                       capsys) -> None:
+def test_disk_full_is_one_line_and_the_rerun_completes(small_input, reference, tmp_path, monkeypatch, capsys,
+                                                       tmpfs_mountable) -> None:
     """A real full disk (a 600 KB tmpfs) where the machine allows mounting one; else ENOSPC from a patched write.
 
     The 600 KB hold the run's metadata and a few candidate shards, not all 8 partitions and the final shards.
     """
     keep = tmp_path / "keep"
     keep.mkdir()
-    if _tmpfs_allowed():
+    if tmpfs_mountable:
         mount_point = tmp_path / "mnt"
         mount_point.mkdir()
         env = {**os.environ, "SIZE": "600k", "OUT": str(mount_point), "KEEP": str(keep), "INPUT": small_input,

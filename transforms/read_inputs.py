@@ -409,7 +409,7 @@ def estimate_rows(source: InputFile) -> tuple[int, bool]:
         with fs.open(path, "rb") as handle:
             return pq.ParquetFile(handle).metadata.num_rows, True
     size = fs.size(path)
-    with fs.open(path, "rb") as handle:
+    with fs.open(path, "rb", block_size=ESTIMATE_SAMPLE_BYTES) as handle:  # one range request on a store
         sample = handle.read(ESTIMATE_SAMPLE_BYTES)
     if source.fmt == "parquet":  # gzipped Parquet keeps its row count at the end: one partition, it grows
         return 1, False
