@@ -108,31 +108,46 @@ def temporaries(output: str | Path) -> list[str]:
     return sorted(str(p) for p in Path(output).rglob(".tmp-*"))
 
 
-def run_killed(input_path: str, output: Path, kill_at: str) -> None:
+def run_killed(argv: list[str], kill_at: str) -> None:
     env = {**os.environ, "KILL_AT": kill_at}
-    done = subprocess.run([sys.executable, "-c", KILLING_DRIVER, "run", input_path, "-o", str(output), *CLI_FLAGS],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", KILLING_DRIVER, *argv], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == -signal.SIGKILL, f"the kill at {kill_at} did not happen:\n{done.stderr[-3000:]}"
 
 
-# Points in each pass: (what the write's target contains, which such write). Candidate shards are
-# written tar, Parquet, stats, marker per partition, so "_candidates/" 3 dies inside the first one;
-# "{out}/0000" is a final shard's file (tar, Parquet, stats per shard).
+def ingested_copy(reference: str, output: Path, selected: bool = False) -> None:
+    """The reference output as its ingest pass (``selected``: and its select pass) left it."""
+    shutil.copytree(reference, output)
+    (output / "_altsieve" / "reshard_plan.json").unlink()
+    for path in [*output.glob("[0-9]*.*"), output / "stats.json", output / "manifest.json", output / "summary.txt"]:
+        path.unlink()
+    if not selected:
+        (output / "_altsieve" / "select_done.json").unlink()
+        for path in output.glob("_decisions/*"):
+            path.unlink()
+
+
+# Points in each pass: the command killed, what the write's target contains, which such write. Candidate
+# shards are written tar, Parquet, stats, marker per partition, so "_candidates/" 22 dies inside the sixth of 8;
+# "{out}/0000" is a final shard's file (tar, Parquet, stats per shard): 9 is the third shard's stats; the reports
+# are written by the reshard command after its pass. (tests/test_end_to_end.py kills an ingest at a moment it
+# does not choose.) select starts from the reference's ingest, reshard and the reports from its select.
 KILL_POINTS = [
-    ("ingest", "_candidates/:3"),
-    ("ingest", "_candidates/:22"),
-    ("select", "_decisions/:2"),
-    ("reshard", "{out}/0000:2"),
-    ("reshard", "{out}/0000:9"),
-    ("reports", "manifest.json:1"),
+    ("ingest", "run", "_candidates/:22"),
+    ("select", "select", "_decisions/:2"),
+    ("reshard", "reshard", "{out}/0000:9"),
+    ("reports", "reshard", "manifest.json:1"),
 ]
 
 
-@pytest.mark.parametrize(("pass_name", "kill_at"), KILL_POINTS, ids=[f"{p}-{k}" for p, k in KILL_POINTS])
-def test_each_pass_killed_then_rerun_equals_uninterrupted(small_input, reference, tmp_path, pass_name,
+@pytest.mark.parametrize(("pass_name", "command", "kill_at"), KILL_POINTS, ids=[p[0] for p in KILL_POINTS])
+def test_each_pass_killed_then_rerun_equals_uninterrupted(small_input, reference, tmp_path, pass_name, command,
                                                           kill_at) -> None:
     output = tmp_path / "out"
-    run_killed(small_input, output, kill_at.format(out=output))
+    argv = [command, small_input, "-o", str(output), *CLI_FLAGS] if command == "run" else [command, "-o", str(output)]
+    if command != "run":
+        ingested_copy(reference, output, selected=command == "reshard")
+    run_killed(argv, kill_at.format(out=output))
     left = temporaries(output)
     assert left, f"the kill during {pass_name} should have left an unfinished write"
     if pass_name == "select":
@@ -142,7 +157,9 @@ def test_each_pass_killed_then_rerun_equals_uninterrupted(small_input, reference
     assert not (output / "summary.txt").exists()
     assert (output / "_altsieve" / "lease.json").exists()  # the killed run's lease, stale now (its pid is gone)
 
-    assert main(["run", small_input, "-o", str(output), *CLI_FLAGS]) == 0
+    assert main(argv) == 0
+    if command == "select":
+        assert main(["reshard", "-o", str(output)]) == 0
     assert temporaries(output) == []
     assert not (output / "_altsieve" / "lease.json").exists()
     assert dataset(str(output)) == dataset(reference)
@@ -262,30 +279,25 @@ def test_disk_full_is_one_line_and_the_rerun_completes(small_input, reference, t
     assert dataset(str(output)) == dataset(reference)
 
 
-@pytest.mark.parametrize("pass_name", ["select", "reshard"])
-def test_disk_full_in_select_or_reshard_then_rerun(reference, tmp_path, monkeypatch, capsys, pass_name) -> None:
-    """ENOSPC raised by the pass's second write (simulated: the tmpfs test above covers a real disk in ingest)."""
+def test_disk_full_in_select_then_in_reshard_then_rerun(reference, tmp_path, monkeypatch, capsys) -> None:
+    """ENOSPC raised by each pass's second write (simulated: the tmpfs test above covers a real disk in ingest)."""
     output = tmp_path / "out"
-    shutil.copytree(reference, output)
-    for name in ("select_done.json", "reshard_plan.json") if pass_name == "select" else ("reshard_plan.json",):
-        (output / "_altsieve" / name).unlink()
-    for path in [*output.glob("[0-9]*.*"), output / "stats.json"]:
-        path.unlink()
-    original, count = fsutil.atomic_open, [0]
+    ingested_copy(reference, output)
+    original = fsutil.atomic_open
+    for pass_name in ("select", "reshard"):
+        count = [0]
 
-    def full_disk(path: str, mode: str = "wb"):
-        count[0] += 1
-        if count[0] == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-        return original(path, mode)
+        def full_disk(path: str, mode: str = "wb", count: list[int] = count):
+            count[0] += 1
+            if count[0] == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            return original(path, mode)
 
-    monkeypatch.setattr(fsutil, "atomic_open", full_disk)
-    assert main([pass_name, "-o", str(output)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("altsieve: error: the disk is full: ") and str(output) in err[0], err
-    monkeypatch.setattr(fsutil, "atomic_open", original)
-    if pass_name == "select":
-        assert main(["select", "-o", str(output)]) == 0
-    assert main(["reshard", "-o", str(output)]) == 0
+        monkeypatch.setattr(fsutil, "atomic_open", full_disk)
+        assert main([pass_name, "-o", str(output)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("altsieve: error: the disk is full: ") and str(output) in err[0]
+        monkeypatch.setattr(fsutil, "atomic_open", original)
+        assert main([pass_name, "-o", str(output)]) == 0
     assert temporaries(output) == []
     assert dataset(str(output)) == dataset(reference)
