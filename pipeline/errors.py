@@ -69,7 +69,7 @@ def _os_message(code: int | None, text: str, filename: str | None) -> str:
     what = _ADVICE.get(code or -1)
     where = f": {filename}" if filename else ""
     if what is None:
-        return f"{text.strip()}"
+        return text.strip()
     hint = _AFTER_WRITE_FAILURE if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) else ""
     return f"{what}{where}{hint}"
 

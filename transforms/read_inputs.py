@@ -323,7 +323,7 @@ def iter_rows(
             yield _normalise_row(source.index, row_number, row, url_col, caption_col, extra_cols, settings.encoding)
     except InputError:
         raise
-    except (OSError, EOFError, UnicodeError, ValueError) as err:
+    except (OSError, EOFError, UnicodeError, ValueError, zlib.error) as err:
         raise InputError(f"input {source.path}: cannot be read ({type(err).__name__}: {err})") from err
 
 
