@@ -109,7 +109,7 @@ def remove_stale_temporaries(output: str) -> int:
     ``lang=`` bucket), extracted crawl pairs and the run's own metadata.
     """
     leftovers = sorted({
-        path for depth in ("", "*/", "*/*/") for path in fsutil.glob(fsutil.join(output, f"{depth}.tmp-*"))
+        path for depth in ("", "*/", "*/*/", "*/*/*/") for path in fsutil.glob(fsutil.join(output, f"{depth}.tmp-*"))
     })
     for path in leftovers:
         fs, resolved = fsutil.filesystem(path)
