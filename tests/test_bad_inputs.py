@@ -266,3 +266,20 @@ def test_cli_a_held_output_names_its_holder(capsys, good_csv, tmp_path) -> None:
     (output / "_altsieve" / "lease.json").write_text(json.dumps(holder))
     line = _one_line_error(capsys, ["run", good_csv, "-o", str(output)])
     assert re.search(r"in use by another run \(altsieve run on host other-host, pid 4242, started 2023-11-1[45]T", line)
+
+
+def test_row_estimate_reads_only_the_start_of_a_text_input(tmp_path, monkeypatch) -> None:
+    """The progress total: plain Parquet exact, text inputs from size and a 1 MiB sample, never a full read."""
+    from altsieve.transforms import read_inputs
+
+    lines = "".join(f"http://e.com/{i}.jpg,caption number {i * 7919 % 100_003}\n" for i in range(120_000))
+    big_csv, big_jsonl, small_csv = tmp_path / "big.csv", tmp_path / "big.jsonl.gz", tmp_path / "small.csv"
+    big_csv.write_text("url,caption\n" + lines)
+    big_jsonl.write_bytes(gzip.compress(MANY_JSON.encode() * 6))
+    small_csv.write_bytes(csv_lines(*urls(1, 7)))
+    monkeypatch.setattr(read_inputs, "ESTIMATE_SAMPLE_BYTES", 256 * 1024)  # files 4x larger than the sample
+    estimates = {path.name: read_inputs.estimate_rows(source)
+                 for path in (big_csv, big_jsonl, small_csv) for (source,) in [list_input_files([str(path)])]}
+    assert estimates["small.csv"] == (7, True)
+    assert abs(estimates["big.csv"][0] - 120_000) / 120_000 < 0.05 and not estimates["big.csv"][1]
+    assert abs(estimates["big.jsonl.gz"][0] - 120_000) / 120_000 < 0.05
