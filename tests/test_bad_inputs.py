@@ -172,10 +172,16 @@ def test_caption_longer_than_max_chars_is_the_caption_rule_s_drop(tmp_path) -> N
 # --- Command lines -----------------------------------------------------------------------------------
 
 
+def message_lines(err: str) -> list[str]:
+    """What a command wrote to stderr besides its progress bars (tqdm's "ingest:  40%|...", "select: 0pairs [...")."""
+    return [line for part in err.splitlines() for line in part.split("\r")
+            if line.strip() and not re.match(r"^[\w-]+: +(\d+%\||[\d.]+\w* \[)", line)]
+
+
 def _one_line_error(capsys, argv: list[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if not line.startswith("[")]  # progress lines aside
+    lines = message_lines(err)
     assert len(lines) == 1 and lines[0].startswith("altsieve: error: "), err
     assert "Traceback" not in err
     return lines[0]

@@ -28,6 +28,7 @@ from altsieve.pipeline.cli import main, run_all
 from altsieve.pipeline.demo import demo_config
 from altsieve.testcorpus.generator import generate_corpus
 from altsieve.testcorpus.server import CorpusServer
+from tests.test_bad_inputs import message_lines
 
 # Deterministic labels only (no 503-then-200 response, whose state would differ between runs).
 LABELS = {"exact_duplicate": 3, "http_404": 2, "near_dup_resized": 2, "tiny": 1, "corrupt": 1}
@@ -177,7 +178,7 @@ def test_two_runs_on_one_output_the_second_is_refused(small_input, reference, tm
     second = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert first.poll() is None, "the second run must have been refused while the first was still running"
     assert second.returncode == 2
-    message = second.stderr.strip().splitlines()
+    message = message_lines(second.stderr)
     assert len(message) == 1 and message[0].startswith("altsieve: error: output"), second.stderr
     assert f"pid {first.pid}" in message[0] and holder["host"] in message[0] and "started" in message[0]
     assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
@@ -280,22 +281,23 @@ def test_disk_full_is_one_line_and_the_rerun_completes(small_input, reference, t
 
 
 def test_disk_full_in_select_then_in_reshard_then_rerun(reference, tmp_path, monkeypatch, capsys) -> None:
-    """ENOSPC raised by each pass's second write (simulated: the tmpfs test above covers a real disk in ingest)."""
+    """ENOSPC raised by each pass's second output write (simulated: the tmpfs test covers a real disk in ingest)."""
     output = tmp_path / "out"
     ingested_copy(reference, output)
     original = fsutil.atomic_open
-    for pass_name in ("select", "reshard"):
+    # The second decision file, the second final-shard file (progress files are written and lost quietly).
+    for pass_name, target in (("select", "/_decisions/"), ("reshard", f"{output}/0000")):
         count = [0]
 
-        def full_disk(path: str, mode: str = "wb", count: list[int] = count):
-            count[0] += 1
-            if count[0] == 2:
+        def full_disk(path: str, mode: str = "wb", count: list[int] = count, target: str = target):
+            count[0] += target in path
+            if target in path and count[0] == 2:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
             return original(path, mode)
 
         monkeypatch.setattr(fsutil, "atomic_open", full_disk)
         assert main([pass_name, "-o", str(output)]) == 2
-        err = capsys.readouterr().err.strip().splitlines()
+        err = message_lines(capsys.readouterr().err)
         assert len(err) == 1 and err[0].startswith("altsieve: error: the disk is full: ") and str(output) in err[0]
         monkeypatch.setattr(fsutil, "atomic_open", original)
         assert main([pass_name, "-o", str(output)]) == 0
