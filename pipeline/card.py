@@ -15,6 +15,7 @@ import yaml
 from altsieve import __version__
 from altsieve.core import layout
 from altsieve.core.config import Config
+from altsieve.transforms import shards
 
 # Hugging Face's size categories (the hub's `size_categories` tag), by upper bound.
 _SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -87,4 +88,9 @@ def card_text(config: Config, stats: dict[str, Any], buckets: list[str]) -> str:
         lines.append(f"- `{layout.EMBEDDINGS_DIR}/`: the CLIP embeddings of every sample, in shard order, in "
                      "clip-retrieval's layout (`img_emb/`, `text_emb/`, `metadata/`): `clip-retrieval index` "
                      "and autofaiss read it as it is.")
+    lines += ["", "## Columns", "", "Of the Parquet files and of each sample's `.json` (each stage declares the ones "
+              "it sets):", "", "| column | type | meaning |", "|---|---|---|"]
+    lines += [f"| `{column.name}` | {column.type} | {column.doc} |" for column in shards.COLUMNS]
+    lines += [f"| `{name}` | string | carried from the input (`input.save_additional_columns`) |"
+              for name in config.input.save_additional_columns if name not in shards.COLUMN_NAMES]
     return "\n".join(lines) + "\n"

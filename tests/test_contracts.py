@@ -46,8 +46,10 @@ def test_every_rule_builds_from_the_default_config_and_declares_its_stage() -> N
         rule.from_config(Config())  # off or on, never an error
 
 
-def test_output_columns_are_declared_once() -> None:
+def test_output_columns_are_declared_once_and_documented() -> None:
     assert len(shards.COLUMN_NAMES) == len(set(shards.COLUMN_NAMES))
+    # The dataset card lists every column with its meaning.
+    assert [column.name for column in shards.COLUMNS if not column.doc] == []
     assert not set(shards.COLUMN_NAMES) & shards.INTERNAL_FIELDS
 
 

@@ -34,11 +34,11 @@ from altsieve.transforms.clip import store as clip_store
 RECORD_COLUMNS = (
     Column("key", pa.string(), "{input file index:05d}{row:010d}, stable across reruns"),
     Column("partition_id", pa.string(), "the ingest partition the pair was read in"),
-    Column("url", pa.string()),
+    Column("url", pa.string(), "the image URL as the input gave it"),
     Column("caption", pa.string(), "the normalised caption"),
     Column("status", pa.string(), "img2dataset's status: success, failed_to_download, failed_to_resize, filtered"),
     Column("reason", pa.string(), "the reason code of a dropped pair (null: kept)"),
-    Column("error_message", pa.string()),
+    Column("error_message", pa.string(), "what went wrong, for a failed or dropped pair (null: kept)"),
 )
 # The Parquet columns, in pipeline order: what each stage declares. A record field outside these and
 # INTERNAL_FIELDS is refused by ``to_table`` (a column a stage forgot to declare would be lost).
