@@ -1,8 +1,16 @@
-"""Running one pass as a Beam pipeline: options passed through, progress shown, metrics collected."""
+"""Running one pass as a Beam pipeline: the runner chosen, options passed through, progress shown, metrics collected.
+
+With no ``--runner``, a pass runs on Beam's Python FnApiRunner, named here rather than left to Beam's
+DirectRunner (which, online, first downloads and starts the Prism runner binary: a runner no test
+ran), with one worker process per core (``--direct_num_workers`` and ``--direct_running_mode`` change
+that). Any ``--runner`` (PrismRunner, PortableRunner, FlinkRunner, DataflowRunner, ...) is used as given.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
 import threading
 import time
@@ -11,7 +19,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from tqdm import tqdm
 
 from altsieve.transforms import progress
@@ -19,9 +27,82 @@ from altsieve.transforms import progress
 log = logging.getLogger("altsieve")
 
 
-def pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    """The user's Beam options, unchanged; the DirectRunner when none is named."""
-    return PipelineOptions(beam_args or [])
+def local_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def uses_local_runner(beam_args: list[str]) -> bool:
+    return PipelineOptions(beam_args or []).view_as(StandardOptions).runner is None
+
+
+def _given(beam_args: list[str] | None) -> set[str]:
+    return {arg.split("=", 1)[0].lstrip("-") for arg in beam_args or [] if arg.startswith("--")}
+
+
+def local_workers(beam_args: list[str], rows: int | None = None, rows_per_worker: int = 1) -> int | None:
+    """The workers a pass gets on the local runner; None on any other runner (not known here).
+
+    The user's ``--direct_num_workers`` (0: every core), or one in-process worker when they ask for
+    ``--direct_running_mode in_memory``; otherwise one worker process per core, but no more than the
+    pass's ``rows`` fill at ``rows_per_worker`` each: a worker process costs seconds to start (Beam's
+    imports), which a pass over a few hundred rows does not pay back.
+    """
+    if not uses_local_runner(beam_args):
+        return None
+    given = _given(beam_args)
+    direct = PipelineOptions(beam_args or []).view_as(DirectOptions)
+    if "direct_num_workers" in given:
+        return direct.direct_num_workers or local_cores()
+    if "direct_running_mode" in given and direct.direct_running_mode == "in_memory":
+        return 1
+    workers = local_cores()
+    if rows is not None:
+        workers = min(workers, max(1, -(-rows // max(rows_per_worker, 1))))
+    return workers
+
+
+def pipeline_options(beam_args: list[str], workers: int | None = None) -> PipelineOptions:
+    """The user's Beam options; on the local runner with ``workers`` (see local_workers) unless they named them."""
+    options = PipelineOptions(beam_args or [])
+    if options.view_as(StandardOptions).runner is None:
+        given = _given(beam_args)
+        direct = options.view_as(DirectOptions)
+        direct.direct_num_workers = workers or local_workers(beam_args) or 1
+        if "direct_running_mode" not in given:
+            direct.direct_running_mode = "multi_processing" if direct.direct_num_workers > 1 else "in_memory"
+    return options
+
+
+def make_pipeline(beam_args: list[str], workers: int | None = None) -> beam.Pipeline:
+    """A pipeline on the runner ``beam_args`` name, or on the local FnApiRunner (see the module's docstring)."""
+    options = pipeline_options(beam_args, workers)
+    if options.view_as(StandardOptions).runner is not None:
+        return beam.Pipeline(options=options)
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode != "multi_processing":
+        return beam.Pipeline(runner=FnApiRunner(), options=options)
+    # The same worker processes Beam's multi_processing mode starts, through an entry point that keeps
+    # their start-up log off the terminal. Beam would replace this environment in multi_processing mode,
+    # so the runner is told in_memory: with more than one worker it then runs them in these processes.
+    command = f"{shlex.quote(sys.executable)} -m altsieve.pipeline.beam_worker"
+    runner = FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
+    direct.direct_running_mode = "in_memory"
+    logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").addFilter(_NotInMemoryWarning())
+    return beam.Pipeline(runner=runner, options=options)
+
+
+class _NotInMemoryWarning(logging.Filter):
+    """Drops FnApiRunner's advice to use multi_processing with several workers: they are worker processes here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("If direct_num_workers is not equal to 1")
 
 
 class Progress:
@@ -98,9 +179,13 @@ class Progress:
             bar.refresh()
 
 
-def run_pipeline(build: Callable[[beam.Pipeline], None], beam_args: list[str]) -> dict[str, Any]:
-    """Build and run one pipeline to completion; returns its counters and distributions."""
-    pipeline = beam.Pipeline(options=pipeline_options(beam_args))
+def run_pipeline(build: Callable[[beam.Pipeline], None], beam_args: list[str], rows: int | None = None,
+                 rows_per_worker: int = 1) -> dict[str, Any]:
+    """Build and run one pipeline to completion; returns its counters and distributions.
+
+    ``rows`` / ``rows_per_worker``: the pass's size and the least work worth a local worker process.
+    """
+    pipeline = make_pipeline(beam_args, local_workers(beam_args, rows, rows_per_worker))
     build(pipeline)
     result = pipeline.run()
     result.wait_until_finish()

@@ -77,8 +77,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                        help="input file format; auto: from the name, .gz included "
                        f"{_recipe_default('input.input_format')}")
     group.add_argument("--rows-per-partition", dest="rows_per_partition", type=int, metavar="N",
-                       help="pairs per partition, the unit of work and of resume "
-                       f"{_recipe_default('input.rows_per_partition')}")
+                       help="pairs per partition, the unit of work and of resume (default: the recipe's; in the "
+                       "default recipe sized from the input, 4 partitions or more per local worker, 50-10,000 rows)")
     group.add_argument("--encoding", metavar="CODEC",
                        help="encoding of CSV/TSV/JSONL inputs, e.g. latin-1, cp1252: a line not valid in it becomes a "
                        f"row with reason input_undecodable {_recipe_default('input.encoding')}")
@@ -103,10 +103,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--timeout", type=float, metavar="S",
                        help=f"read timeout in seconds {_recipe_default('download.read_timeout_s')}")
     group.add_argument("--concurrency", type=int, metavar="N",
-                       help=f"download threads per worker {_recipe_default('download.concurrency')}")
+                       help="requests in flight per worker process, one window across partitions "
+                       f"{_recipe_default('download.concurrency')}")
     group.add_argument("--allow-private-addresses", dest="allow_private_addresses", nargs="*", metavar="CIDR",
-                       help="let the downloader reach these private/loopback networks, e.g. 127.0.0.1/32 (no CIDR: "
-                       "all of them). Default: none, since URLs come from the web and must not reach your own network")
+                       help="let the downloader reach these private/loopback networks, e.g. 127.0.0.1/32 (`all`: "
+                       "every address, cloud metadata endpoints included). Default: none, since URLs come from the web "
+                       "and must not reach your own network")
     group.add_argument("--languages", metavar="CODES",
                        help="comma-separated language allow-list, e.g. zh for a Chinese subset "
                        "(rules.text.languages; labels as the language model writes them: en, zh, ja, de ...) "
@@ -126,8 +128,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         columns = [c.strip() for c in args.save_additional_columns.split(",") if c.strip()]
         overrides.append(_nested("input.save_additional_columns", columns))
     if getattr(args, "allow_private_addresses", None) is not None:
-        networks = args.allow_private_addresses or ["0.0.0.0/0", "::/0"]
-        overrides.append(_nested("download.allow_private_addresses", networks))
+        overrides.append(_nested("download.allow_private_addresses", _private_networks(args.allow_private_addresses)))
     if getattr(args, "languages", None) is not None:
         languages = [code.strip() for code in args.languages.split(",") if code.strip()]
         overrides.append(_nested("rules.text.languages", languages))
@@ -135,6 +136,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
         overrides.append(_nested("output.split_by_language", True))
     overrides.extend(parse_override(item) for item in args.set)
     return load_config(args.recipe, overrides)
+
+
+def _private_networks(values: list[str]) -> list[str]:
+    """The networks of --allow-private-addresses; opening every address must be written out (`all`)."""
+    if not values:
+        raise ConfigError(
+            "--allow-private-addresses needs the networks to open, e.g. 127.0.0.1/32 or 10.0.0.0/8; "
+            "write `all` to open every address (cloud metadata endpoints such as 169.254.169.254 included)"
+        )
+    if "all" in values:
+        return ["0.0.0.0/0", "::/0"]
+    return values
 
 
 def _nested(dotted: str, value: Any) -> dict[str, Any]:
@@ -189,7 +202,7 @@ def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str]
             crawl_inputs: Any = None) -> dict:
     """The three passes in order, then the reports."""
     from altsieve.pipeline.extract import prepare_crawl_inputs
-    from altsieve.pipeline.ingest import run_ingest
+    from altsieve.pipeline.ingest import run_ingest, with_partition_size
     from altsieve.pipeline.report import write_reports
     from altsieve.pipeline.reshard import run_reshard
     from altsieve.pipeline.select import run_select
@@ -198,6 +211,7 @@ def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str]
     # Crawl inputs (WARC/WAT) become Parquet URL lists first; select and reshard need the config that ingests them.
     inputs, config = prepare_crawl_inputs(config, inputs, output, beam_args, crawl_inputs)
     metrics = run_ingest(config, inputs, output, beam_args, retry_failed)
+    config = with_partition_size(config, output, 0, None)  # the size ingest chose, as it saved it
     run_select(config, output, beam_args)
     run_reshard(config, output, beam_args)
     return write_reports(config, output, metrics, started)

@@ -8,7 +8,7 @@ import apache_beam as beam
 
 from altsieve.core import fsutil, layout, lease, reasons
 from altsieve.core.config import Config, ConfigError, config_to_yaml
-from altsieve.pipeline.beam_run import Progress, run_pipeline
+from altsieve.pipeline.beam_run import Progress, local_workers, run_pipeline
 from altsieve.pipeline.extract import CrawlInputs, prepare_crawl_inputs
 from altsieve.transforms.clip.model import model_identity
 from altsieve.transforms.clip.stage import ClipScore
@@ -36,7 +36,7 @@ def build_ingest(
         pipeline
         | "ReadPartitions" >> ReadPartitions(
             files, output, source.url_col, source.caption_col, source.save_additional_columns,
-            source.rows_per_partition, retry_failed, settings=source,
+            rows_per_partition(config), retry_failed, settings=source,
             max_field_chars=config.rules.caption.max_chars,
         )
         # Text first: a caption needs no image, and every pair a text rule drops costs no request.
@@ -69,15 +69,51 @@ CONTENT_SECTIONS = {"input", "image", "rules", "language", "dedup", "corpus", "c
                     "safety", "content", "heads", "metaclip", "image_clusters"}
 
 
+# Automatic partition size: this many partitions per local worker at least, so that the workers finish
+# together; partitions of at least MIN_AUTO_ROWS (each partition is four files) and at most MAX_AUTO_ROWS.
+PARTITIONS_PER_WORKER = 4
+# The least work worth a local worker process: about as long to fetch and decode as the process takes to start.
+ROWS_PER_WORKER = 250
+MIN_AUTO_ROWS = 50
+MAX_AUTO_ROWS = 10_000
+
+
+def _saved_config(output: str) -> dict[str, Any] | None:
+    saved_path = layout.meta(output, "config.yaml")
+    if not fsutil.exists(saved_path):
+        return None
+    import fsspec
+    import yaml
+
+    with fsspec.open(saved_path, "rt", encoding="utf-8") as handle:
+        return yaml.safe_load(handle.read()) or {}
+
+
+def with_partition_size(config: Config, output: str, total_rows: int, workers: int | None) -> Config:
+    """``config`` with ``input.rows_per_partition`` decided: the user's, the resumed run's, or sized from the input.
+
+    Partitions are planned from it, so a resumed run must keep the size the first run chose.
+    """
+    if config.input.rows_per_partition is not None:
+        return config
+    saved = (_saved_config(output) or {}).get("input", {}).get("rows_per_partition")
+    if saved is not None:
+        rows = int(saved)
+    elif workers is None:  # another runner: its workers are not known here
+        rows = MAX_AUTO_ROWS
+    else:
+        rows = -(-total_rows // (workers * PARTITIONS_PER_WORKER))
+        rows = max(MIN_AUTO_ROWS, min(MAX_AUTO_ROWS, rows))
+    resolved = config.model_copy(deep=True)
+    resolved.input.rows_per_partition = rows
+    return resolved
+
+
 def check_config_matches(output: str, config: Config) -> None:
     """A resumed run must use the content settings that made the partitions already written."""
     saved_path = layout.meta(output, "config.yaml")
-    if fsutil.exists(saved_path):
-        import fsspec
-        import yaml
-
-        with fsspec.open(saved_path, "rt", encoding="utf-8") as handle:
-            saved = yaml.safe_load(handle.read()) or {}
+    saved = _saved_config(output)
+    if saved is not None:
         current = config.model_dump(mode="json")
         changed = sorted(
             f"{section}.{field}"
@@ -107,16 +143,27 @@ def run_ingest(
     # Load the CLIP model here once, before anything is written: a bad path or no network is one clear
     # error, and the output folder is left as it was (a corrected rerun is not refused as "other settings").
     clip_identity = model_identity(config.clip) if config.clip.enabled else None
+    total_rows = _count_rows(files)  # an estimate for text inputs
+    workers = local_workers(beam_args, total_rows, ROWS_PER_WORKER)
+    config = with_partition_size(config, output, total_rows, workers)
     check_config_matches(output, config)
     if clip_identity is not None:
         record_model_identity(output, clip_identity)
     fsutil.write_json(layout.meta(output, "inputs.json"), [{"index": f.index, "path": f.path} for f in files])
     fsutil.makedirs(fsutil.join(output, layout.CANDIDATES_DIR))
     layout.remove_stale_temporaries(output)  # a killed run's unfinished writes, anywhere in the tree
-    with Progress("ingest", output, "ingest", total=_pairs_to_process(files, config, output, retry_failed)):
-        metrics = run_pipeline(lambda p: build_ingest(p, config, files, output, retry_failed, clip_identity), beam_args)
+    with Progress("ingest", output, "ingest", total=_pairs_to_process(total_rows, config, output, retry_failed)):
+        metrics = run_pipeline(lambda p: build_ingest(p, config, files, output, retry_failed, clip_identity), beam_args,
+                               total_rows, ROWS_PER_WORKER)
     fsutil.write_json(layout.meta(output, "ingest_done.json"), {"partitions": layout.done_partitions(output)})
     return metrics
+
+
+def rows_per_partition(config: Config) -> int:
+    rows = config.input.rows_per_partition
+    if rows is None:
+        raise ValueError("input.rows_per_partition is decided by with_partition_size() before a run")
+    return rows
 
 
 def check_curation_models(config: Config) -> None:
@@ -141,13 +188,12 @@ def check_curation_models(config: Config) -> None:
         heads_of(config)
 
 
-def _pairs_to_process(files: list[InputFile], config: Config, output: str, retry_failed: bool) -> int | None:
+def _pairs_to_process(rows: int, config: Config, output: str, retry_failed: bool) -> int | None:
     """What this run will push through the pipeline, for the progress bar's total and ETA: the input rows
     less the partitions a previous run finished (whole partitions, so exact but for each file's last one),
     plus, with --retry-failed, the transient failures the previous run's stats.json counted."""
-    rows = _count_rows(files)  # an estimate for text inputs
     done = len(layout.done_partitions(output))
-    remaining = max(rows - done * config.input.rows_per_partition, 0)
+    remaining = max(rows - done * rows_per_partition(config), 0)
     if retry_failed:
         stats_path = fsutil.join(output, "stats.json")
         if not fsutil.exists(stats_path):

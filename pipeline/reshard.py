@@ -285,6 +285,10 @@ def _record_plan(output: str, counts: dict[tuple[str, str], int], samples_per_sh
     return counts
 
 
+# The least work worth a local worker process (rows whose images are copied): below it one in-process worker is faster.
+ROWS_PER_WORKER = 20_000
+
+
 @lease.holding("altsieve reshard")
 def run_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
     done_path = layout.meta(output, "select_done.json")
@@ -292,6 +296,7 @@ def run_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
         raise ConfigError(f"{output} has no finished select pass ({done_path} is missing): run `altsieve select` first")
     partitions = list(fsutil.read_json(done_path)["partitions"])
     layout.remove_stale_temporaries(output)  # a killed reshard's unfinished final shards
+    rows = len(partitions) * (config.input.rows_per_partition or 10_000)  # at most: partitions are full but the last
     clip_identity = None
     if config.clip.enabled and config.clip.save_embeddings:  # the final shards' embeddings, clip-retrieval's layout
         clip_identity = {k: v for k, v in fsutil.read_json(layout.meta(output, layout.CLIP_MODEL_FILE)).items()
@@ -305,7 +310,8 @@ def run_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
         return int(fsutil.read_json(plan_path)["kept"]) if fsutil.exists(plan_path) else None
 
     with Progress("reshard", output, "reshard", total=total):
-        metrics = run_pipeline(lambda p: build_reshard(p, config, output, partitions, clip_identity), beam_args)
+        metrics = run_pipeline(lambda p: build_reshard(p, config, output, partitions, clip_identity), beam_args,
+                               rows, ROWS_PER_WORKER)
     plan = fsutil.read_json(plan_path)["buckets"]
     _remove_stale_shards(output, plan)
     for bucket in sorted(plan):

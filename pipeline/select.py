@@ -194,16 +194,21 @@ def ingested_partitions(output: str) -> list[str]:
     return list(fsutil.read_json(done_path)["partitions"])
 
 
+# The least work worth a local worker process (rows of metadata): below it one in-process worker is faster.
+ROWS_PER_WORKER = 50_000
+
+
 @lease.holding("altsieve select")
 def run_select(config: Config, output: str, beam_args: list[str]) -> dict:
     partitions = ingested_partitions(output)
     layout.remove_stale_temporaries(output)  # a killed select's unfinished decision files
+    rows = len(partitions) * (config.input.rows_per_partition or 10_000)  # at most: partitions are full but the last
 
     def total(counts: dict[str, int]) -> int | None:  # known once every partition's metadata is read
         return counts.get("read", 0) if counts["items"] >= len(partitions) else None
 
     with Progress("select", output, "select", total=total,
                   postfix=lambda counts: f"read {counts.get('read', 0)}, decided {counts.get('pairs', 0)}"):
-        metrics = run_pipeline(lambda p: build_select(p, config, output, partitions), beam_args)
+        metrics = run_pipeline(lambda p: build_select(p, config, output, partitions), beam_args, rows, ROWS_PER_WORKER)
     fsutil.write_json(layout.meta(output, "select_done.json"), {"partitions": partitions})
     return metrics

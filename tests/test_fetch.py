@@ -24,18 +24,13 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from altsieve.core import reasons
-from altsieve.transforms.fetch import (
-    Fetcher,
-    FetchOptions,
-    blocked_reason,
-    is_blocked_address,
-    parse_networks,
-    parse_retry_after,
-    robots_optout,
-)
+from altsieve.core.config import DownloadConfig
+from altsieve.transforms.addresses import blocked_reason, is_blocked_address, parse_networks
+from altsieve.transforms.fetch import Fetcher, parse_retry_after
+from altsieve.transforms.optout import robots_optout
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
-LOOPBACK = ("127.0.0.0/8",)
+LOOPBACK = ["127.0.0.0/8"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -258,16 +253,22 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 _open_fetchers: list[Fetcher] = []
 
 
-def _fetcher(**overrides: object) -> Fetcher:
+def _options(**overrides: object) -> DownloadConfig:
     opts = {
         "connect_timeout_s": 1.0,
         "read_timeout_s": 1.0,
         "backoff_base_s": 0.01,
         "backoff_max_s": 0.05,
-        "allowed_private_networks": LOOPBACK,
+        "allow_private_addresses": LOOPBACK,
+        # The OS resolver goes through socket.getaddrinfo, which the FakeDNS fixture answers.
+        "dns_resolver": "system",
     }
     opts.update(overrides)
-    fetcher = Fetcher(FetchOptions(**opts))  # type: ignore[arg-type]
+    return DownloadConfig(**opts)  # type: ignore[arg-type]
+
+
+def _fetcher(**overrides: object) -> Fetcher:
+    fetcher = Fetcher(_options(**overrides))
     _open_fetchers.append(fetcher)
     return fetcher
 
@@ -330,7 +331,7 @@ def test_allowed_private_networks() -> None:
     assert is_blocked_address("10.0.0.1", nets)
     assert is_blocked_address("::1", nets)
     with pytest.raises(ValueError):
-        FetchOptions(allowed_private_networks=("not-a-cidr",))
+        DownloadConfig(allow_private_addresses=["not-a-cidr"])
 
 
 @pytest.mark.parametrize(
@@ -472,7 +473,8 @@ def test_stall_after_headers_times_out(base: str) -> None:
 
 
 def test_stall_is_retried(base: str) -> None:
-    result = _fetcher(read_timeout_s=0.3, retries=1).fetch(f"{base}/stall?s=1")
+    # Timeouts are retried in line only when asked (by default --retry-failed revisits them).
+    result = _fetcher(read_timeout_s=0.3, retries=1, retry_timeouts=True).fetch(f"{base}/stall?s=1")
     assert result.reason == reasons.DOWNLOAD_TIMEOUT and result.attempts == 2
 
 
@@ -537,7 +539,7 @@ def test_redirect_without_location(base: str) -> None:
 
 
 def test_loopback_blocked_by_default(base: str, connects: list[str]) -> None:
-    result = _fetcher(allowed_private_networks=FetchOptions().allowed_private_networks).fetch(f"{base}/ok")
+    result = _fetcher(allow_private_addresses=DownloadConfig().allow_private_addresses).fetch(f"{base}/ok")
     assert result.reason == reasons.DOWNLOAD_BLOCKED_ADDRESS
     assert "loopback" in (result.error_message or "")
     assert result.attempts == 1
@@ -785,7 +787,7 @@ def test_https_verifies_hostname_and_sends_sni(tls: tuple[_Server, str, list[str
     dns.records["img.test"] = ["127.0.0.1"]
     dns.records["other.test"] = ["127.0.0.1"]
     port = srv.server_address[1]
-    opts = FetchOptions(connect_timeout_s=1, read_timeout_s=1, retries=0, allowed_private_networks=LOOPBACK)
+    opts = _options(retries=0)
     fetcher = Fetcher(opts, ssl_context=ssl.create_default_context(cadata=ca_pem))
     _open_fetchers.append(fetcher)
     result = fetcher.fetch(f"https://img.test:{port}/ok")

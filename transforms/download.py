@@ -1,8 +1,14 @@
-"""Download: fetch each partition's pairs, bounded in concurrency per worker and per host.
+"""Download: fetch every partition's pairs through one window that stays full across partitions.
 
-One ``Fetcher`` (its thread pool and per-host limits) is built per DoFn instance in ``setup()``.
-Pairs a cheap rule already dropped pass through without a request; each fetched pair leaves as
-its own record, so the stages after this one work per pair.
+One ``Fetcher`` (its event loop, connections, per-host state, DNS and robots.txt caches) is built per
+DoFn instance in ``setup()``. ``process`` submits a partition's URLs and returns as soon as they are
+all in flight (waiting only while the window is full), so the next partition's requests start while
+the last one's slow tail is pending: no partition waits for its slowest URL, and a stalled host holds
+one slot, not the worker. Results leave as they complete, each pair as its own record, from whichever
+``process`` call (or ``finish_bundle``) is running then; all within the bundle, so WriteShards (fused
+after this stage, no GroupByKey between) still sees every record of a partition in one bundle.
+
+Pairs a cheap rule already dropped pass through without a request.
 """
 
 from __future__ import annotations
@@ -13,11 +19,11 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
-from altsieve import __version__
 from altsieve.core.config import DownloadConfig
 from altsieve.core.layout import Column
-from altsieve.transforms.fetch import Fetcher, FetchOptions
+from altsieve.transforms.fetch import Fetcher, FetchResult, FetchWindow
 from altsieve.transforms.read_inputs import Partition
 
 # The fields this stage sets on every record it fetches.
@@ -25,69 +31,82 @@ COLUMNS = (
     Column("bytes", pa.int64(), "size of the fetched body"),
     Column("http_status", pa.int32(), "the last response's status code (null: no response)"),
     Column("final_url", pa.string(), "where the redirects ended, when not at the URL itself"),
+    Column("content_type", pa.string(), "the media type the server declared (Content-Type without parameters)"),
+    Column("optout", pa.string(), "the opt-out signal that refused the pair: robots.txt, x-robots-tag, "
+           "tdm-reservation (header) or tdmrep.json; null when none did"),
 )
 
-USER_AGENT = f"altsieve/{__version__} (+https://github.com/altsieve/altsieve; image-text dataset curation)"
 
-
-def fetch_options(config: DownloadConfig) -> FetchOptions:
-    return FetchOptions(
-        connect_timeout_s=config.connect_timeout_s,
-        read_timeout_s=config.read_timeout_s,
-        retries=config.retries,
-        backoff_base_s=config.backoff_base_s,
-        backoff_max_s=config.backoff_max_s,
-        retry_after_max_s=config.retry_after_max_s,
-        max_redirects=config.max_redirects,
-        max_bytes=config.max_bytes,
-        user_agent=config.user_agent or USER_AGENT,
-        respect_robots_optout=config.respect_robots_optout,
-        allowed_private_networks=tuple(config.allow_private_addresses),
-        concurrency=config.concurrency,
-        per_host_concurrency=config.per_host_concurrency,
-    )
-
-
-class _DownloadPartition(beam.DoFn):
+class _DownloadPartitions(beam.DoFn):
     def __init__(self, config: DownloadConfig) -> None:
         self._config = config
         self._fetcher: Fetcher | None = None
         self._bytes = Metrics.counter("altsieve", "bytes_fetched")
         self._fetched = Metrics.counter("altsieve", "pairs_fetched")
         self._latency = Metrics.distribution("altsieve", "fetch_latency_ms")
+        self._reported: dict[str, int] = {}
 
     def setup(self) -> None:
-        self._fetcher = Fetcher(fetch_options(self._config))
+        self._fetcher = Fetcher(self._config)
 
     def teardown(self) -> None:
         if self._fetcher is not None:
             self._fetcher.close()
 
-    def process(self, partition: Partition) -> Iterator[dict[str, Any]]:
+    def start_bundle(self) -> None:
         assert self._fetcher is not None
-        to_fetch = []
+        previous = getattr(self, "_window", None)
+        if previous is not None:  # a failed bundle's fetches: nobody will take their results
+            previous.cancel()
+        self._window: FetchWindow[dict[str, Any]] = FetchWindow(self._fetcher)
+
+    def process(self, partition: Partition) -> Iterator[dict[str, Any]]:
+        window = self._window
         for row in partition.rows:
             record = dict(row)  # Beam inputs must not be mutated
             record["partition_id"] = partition.partition_id
             # WriteShards writes the partition when this many records of it have arrived.
             record["partition_size"] = len(partition.rows)
-            if record.get("reason") is None:
-                to_fetch.append((record, record["url"]))
-            else:
+            if record.get("reason") is not None:
                 yield record
-        for record, result in self._fetcher.fetch_many(iter(to_fetch)):
-            record["http_status"] = result.status_code
-            record["final_url"] = result.final_url if result.final_url != result.url else None
-            if result.reason is None and result.body is not None:
-                record["body"] = result.body
-                record["bytes"] = len(result.body)
-                self._bytes.inc(len(result.body))
-            else:
-                record["reason"] = result.reason
-                record["error_message"] = result.error_message
-            self._fetched.inc()
-            self._latency.update(int(result.elapsed_s * 1000))
-            yield record
+                continue
+            while window.full:
+                yield self._finish(*window.take())
+            window.submit(record, record["url"])
+        # Whatever is done already leaves now; the rest leaves during later partitions or finish_bundle.
+        while (ready := window.take(block=False)) is not None:
+            yield self._finish(*ready)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        window = self._window
+        while window.in_flight:
+            yield GlobalWindows.windowed_value(self._finish(*window.take()))
+        self._report_stats()
+
+    def _finish(self, record: dict[str, Any], result: FetchResult) -> dict[str, Any]:
+        record["http_status"] = result.status_code
+        record["final_url"] = result.final_url if result.final_url != result.url else None
+        record["content_type"] = result.content_type
+        record["optout"] = result.optout
+        if result.reason is None and result.body is not None:
+            record["body"] = result.body
+            record["bytes"] = len(result.body)
+            self._bytes.inc(len(result.body))
+        else:
+            record["reason"] = result.reason
+            record["error_message"] = result.error_message
+        self._fetched.inc()
+        self._latency.update(int(result.elapsed_s * 1000))
+        return record
+
+    def _report_stats(self) -> None:
+        """The fetcher's own counts (robots.txt fetches, DNS queries, breaker trips) since the last bundle."""
+        assert self._fetcher is not None
+        for name, value in self._fetcher.stats().items():
+            delta = value - self._reported.get(name, 0)
+            if delta:
+                Metrics.counter("altsieve", f"fetch.{name}").inc(delta)
+            self._reported[name] = value
 
 
 class Download(beam.PTransform):
@@ -98,4 +117,4 @@ class Download(beam.PTransform):
         self._config = config
 
     def expand(self, partitions: beam.PCollection) -> beam.PCollection:
-        return partitions | "Fetch" >> beam.ParDo(_DownloadPartition(self._config))
+        return partitions | "Fetch" >> beam.ParDo(_DownloadPartitions(self._config))

@@ -1,68 +1,90 @@
-"""HTTP(S) image fetcher: SSRF-safe, retrying, deadline-bounded, with bounded concurrency.
+"""HTTP(S) image fetcher on asyncio and aiohttp: SSRF-safe, polite per host, deadline-bounded, exact about bodies.
 
-Plain Python (no Beam) so that it can be tested and benchmarked on its own; the download DoFn wraps a
-:class:`Fetcher` created in ``setup()``.
+Plain Python (no Beam) so that it can be tested and benchmarked on its own. One ``Fetcher`` per worker
+process runs an event loop in a thread; ``submit`` hands it a URL from any thread, and a
+``FetchWindow`` keeps a bounded number of fetches in flight (the Download stage keeps it full across
+partitions, so one slow URL never holds the worker). aiohttp is the HTTP client; what is written here is
+policy: which addresses, which opt-outs, which reason code.
 
 Safety model
 ------------
-* Only ``http``/``https`` URLs are fetched.
-* We resolve DNS ourselves and check *every* address a name resolves to (a name that resolves to one
-  public and one private address is refused: an attacker controls which one a resolver returns first).
-  The connection is then made to exactly one of those validated addresses, so no second resolution can
-  swap in another address (DNS rebinding). ``Host``, SNI and certificate checks still use the URL's name.
-* Every redirect hop goes through the same check before any packet is sent to it.
+* Only ``http``/``https`` URLs are fetched; no cookies, no proxies from the environment, no decompression
+  (``Accept-Encoding: identity``, and aiohttp's decoding is off: images are compressed already).
+* Every name is resolved by ``addresses.DnsCache``, which checks *every* address it resolves to; the
+  aiohttp connector gets its addresses from the same cache through a resolver, so the connection goes
+  to a checked address and no second lookup can swap in another (DNS rebinding). An IP literal is
+  checked here before the request (aiohttp never resolves those). Host, SNI and certificate checks use
+  the URL's name.
+* Redirects are followed here, not by aiohttp: every hop goes through the same checks (and the opt-outs
+  of its own host) before any packet is sent to it.
 
 Time model
 ----------
-* Connecting (TCP to each validated address in turn, plus the TLS handshake) takes at most
-  ``connect_timeout_s`` in total.
-* After the request is sent, the whole response (status line, headers and body) must arrive within
-  ``read_timeout_s``. This is both an idle limit per ``recv`` and a hard deadline, so a server that drips
-  one byte a second cannot hold a thread for longer than ``read_timeout_s``.
-* One attempt, including all of its redirect hops, gets a budget of ``connect_timeout_s + read_timeout_s``;
-  later hops get whatever is left. Time spent waiting for our own per-host slot is not charged.
-* DNS uses the system resolver and its own timeout (``getaddrinfo`` cannot be given one); its time is
-  charged to the budget but a slow resolver can overrun it.
-* Between attempts we sleep: ``Retry-After`` (429/503) capped at ``retry_after_max_s``, otherwise full
-  jitter ``uniform(0, min(backoff_max_s, backoff_base_s * 2**n))``. Sleeps do not hold a per-host slot.
+* Connecting (DNS, TCP, TLS) takes at most ``connect_timeout_s``; once the request is sent, the whole
+  response (status, headers and body) must arrive within ``read_timeout_s``: a hard deadline, so a
+  server that drips one byte a second cannot stretch it.
+* One attempt, all its redirect hops included, gets ``connect_timeout_s + read_timeout_s``; waiting for
+  our own per-host slot or rate is not charged.
+* Timeouts are not retried in line (``retry_timeouts`` turns that on): a stalled server costs one
+  deadline, and ``--retry-failed`` revisits the URL later. 5xx, 429 and connection failures are
+  retried ``retries`` times: 429 (and 503 with Retry-After) pause the whole host for the server's delay
+  (capped at ``retry_after_max_s``), other failures sleep a full-jitter backoff.
+* Per host (``hosts.py``): a connection cap, a request rate, and a circuit breaker that fails the host's
+  remaining URLs fast (``download_host_unavailable``, transient) after repeated timeouts or
+  connection failures.
 
-Concurrency and reuse
----------------------
-* ``per_host_concurrency`` bounds simultaneous requests per host name (each redirect hop counts against
-  its own host), for ``fetch`` and ``fetch_many`` alike.
-* Idle keep-alive connections are shared by all threads (at most ``per_host_concurrency`` per host and
-  ``2 * concurrency`` in total, closed after 10 s idle); a pooled connection the server has meanwhile
-  closed is replaced transparently without spending an attempt.
+Opt-outs (``optout.py``), each on by default: robots.txt and ``/.well-known/tdmrep.json`` are fetched once
+per origin per worker (concurrent requests wait for the one fetch) and kept; X-Robots-Tag and
+``tdm-reservation`` are read from each image response before its body. The signal that refused a URL
+is in ``FetchResult.optout``.
+
+Exact bodies: fewer bytes than Content-Length is ``download_truncated`` (transient). A connection is
+reused only after its response was read to the end; one that sent more than its Content-Length is
+dropped by aiohttp's parser (the response fails as a protocol error), never handed to the next URL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
-import contextlib
 import email.utils
-import http.client
-import io
-import ipaddress
 import logging
+import queue
 import random
 import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from yarl import URL
 
 from altsieve import __version__
 from altsieve.core import reasons
+from altsieve.core.config import DownloadConfig
+from altsieve.transforms import optout
+from altsieve.transforms.addresses import (
+    AddressBlocked,
+    DnsCache,
+    LookupFailed,
+    blocked_reason,
+    cares_lookup,
+    ip_literal,
+    parse_networks,
+    system_lookup,
+)
+from altsieve.transforms.hosts import HostLimits, Hosts
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_USER_AGENT = f"altsieve/{__version__} (+https://github.com/altsieve/altsieve; image-text dataset curation)"
 
@@ -75,74 +97,39 @@ _DRAIN_MAX = 64 * 1024
 # Idle keep-alive connections older than this are closed rather than reused: many servers drop idle
 # connections after 5-15 s, and a stale one costs a failed send before we notice.
 _POOL_IDLE_S = 10.0
+# RFC 9309: a cached robots.txt should not be used for more than 24 hours; a failed fetch is tried again sooner.
+_ORIGIN_FILE_TTL_S = 24 * 3600.0
+_ORIGIN_FILE_FAILURE_TTL_S = 30.0
+_ORIGIN_FILES_MAX = 10_000
+_ORIGIN_FILE_MAX_REDIRECTS = 5  # RFC 9309: follow at least five
 # Characters left as-is when re-quoting paths; everything else (spaces, non-ASCII, control characters) is
 # percent-encoded, which both rescues sloppy web URLs and makes header injection via the path impossible.
 _PATH_SAFE = "!$%&'()*+,/:;=@[]~-._"
 _QUERY_SAFE = _PATH_SAFE + "?"
 _HOST_RE = re.compile(r"^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\.?$")
-_ROBOTS_OPTOUT_DIRECTIVES = frozenset({"noai", "noimageai"})
-# X-Robots-Tag directives that carry a value after a colon, so "name: value" is not an agent prefix.
-_ROBOTS_VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
-_ROBOTS_AGENT_RE = re.compile(r"^[a-z0-9_.*-]+$")
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_HOST_FAILURE_REASONS = frozenset({reasons.DOWNLOAD_TIMEOUT, reasons.DOWNLOAD_CONNECTION_ERROR,
+                                   reasons.DOWNLOAD_TRUNCATED})
 
 
 # --------------------------------------------------------------------------------------------------------
-# Options and results
+# Results
 # --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FetchOptions:
-    """Knobs of :class:`Fetcher`; every default is safe for crawling the public web."""
-
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 10.0
-    retries: int = 2  # extra attempts for transient failures (timeouts, connection reset, 429, 5xx)
-    backoff_base_s: float = 0.5  # exponential backoff with full jitter: uniform(0, base * 2**attempt), capped
-    backoff_max_s: float = 10.0
-    retry_after_max_s: float = 30.0  # honour Retry-After (seconds or HTTP-date) on 429/503, capped at this
-    max_redirects: int = 5
-    max_bytes: int = 20_000_000
-    user_agent: str = DEFAULT_USER_AGENT
-    respect_robots_optout: bool = True  # X-Robots-Tag noai / noimageai, plain or "agent: noai" for us or "*"
-    robots_agent_names: tuple[str, ...] = ("altsieve", "img2dataset")
-    allowed_private_networks: tuple[str, ...] = ()  # CIDRs the user allows, e.g. ("127.0.0.0/8",)
-    concurrency: int = 32  # threads per worker process
-    per_host_concurrency: int = 16
-
-    def __post_init__(self) -> None:
-        # Why: options often come from CLI/YAML as lists; frozen dataclasses need tuples to stay hashable.
-        object.__setattr__(self, "robots_agent_names", tuple(self.robots_agent_names))
-        object.__setattr__(self, "allowed_private_networks", tuple(self.allowed_private_networks))
-        if self.connect_timeout_s <= 0 or self.read_timeout_s <= 0:
-            raise ValueError("timeouts must be positive")
-        if self.retries < 0 or self.max_redirects < 0:
-            raise ValueError("retries and max_redirects must be >= 0")
-        if self.backoff_base_s < 0 or self.backoff_max_s < 0 or self.retry_after_max_s < 0:
-            raise ValueError("backoff and retry-after limits must be >= 0")
-        if self.max_bytes <= 0:
-            raise ValueError("max_bytes must be positive")
-        if self.concurrency < 1 or self.per_host_concurrency < 1:
-            raise ValueError("concurrency and per_host_concurrency must be >= 1")
-        parse_networks(self.allowed_private_networks)  # fail at configuration time, not per URL
 
 
 @dataclass
 class FetchResult:
-    """Outcome of one :meth:`Fetcher.fetch`; ``reason is None`` means ``body`` holds the response."""
+    """Outcome of one fetch; ``reason is None`` means ``body`` holds the response."""
 
     url: str
     final_url: str | None  # last URL requested (after redirects); None when the URL was never requested
     status_code: int | None  # last HTTP status seen, None when no response arrived
-    content_type: str | None  # media type only, lower-cased, e.g. "image/jpeg" (parameters dropped)
+    content_type: str | None  # the declared media type, lower-cased, e.g. "image/jpeg" (parameters dropped)
     body: bytes | None  # only set on success
     reason: str | None  # None on success, else a reasons.* download/url code
     error_message: str | None  # short human text: "HTTP 404", "read timeout after 2.0 s"
     attempts: int  # HTTP attempts made (redirect hops within an attempt do not count)
     elapsed_s: float  # wall time including backoff sleeps
+    optout: str | None = None  # the opt-out signal that refused the URL (optout.ROBOTS_TXT, ...)
 
     @property
     def ok(self) -> bool:
@@ -165,6 +152,7 @@ class _Failure(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         content_type: str | None = None,
+        optout: str | None = None,
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -173,115 +161,22 @@ class _Failure(Exception):
         self.status = status
         self.retry_after = retry_after
         self.content_type = content_type
+        self.optout = optout
         self.target: _Target | None = None  # where a retry should resume (the hop that failed)
         self.url: str | None = None  # the URL that failed, reported as final_url
         self.redirects = 0  # redirects followed before the failure, so a retry keeps counting
+        self.paused_host = False  # the failure already paused its host (429 / Retry-After): no own sleep
+
+    def copy(self) -> _Failure:
+        twin = _Failure(self.reason, self.message, retryable=self.retryable, status=self.status,
+                        retry_after=self.retry_after, content_type=self.content_type, optout=self.optout)
+        twin.paused_host = self.paused_host
+        return twin
 
 
 # --------------------------------------------------------------------------------------------------------
-# Pure helpers (no network): address policy, X-Robots-Tag, Retry-After, URL parsing
+# Pure helpers (no network): Retry-After, URL parsing
 # --------------------------------------------------------------------------------------------------------
-
-
-def parse_networks(cidrs: Iterable[str]) -> tuple[IPNetwork, ...]:
-    """Parse CIDR strings; raises ValueError on a malformed one."""
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
-
-
-def _in_networks(ip: IPAddress, networks: Sequence[IPNetwork]) -> bool:
-    return any(ip.version == net.version and ip in net for net in networks)
-
-
-def _non_public_kind(ip: IPAddress) -> str | None:
-    """Why ``ip`` is not a public unicast address, or None if it is."""
-    # Why explicit checks besides is_global: is_global is True for multicast (224.0.0.1, ff02::1) and for
-    # deprecated site-local fec0::/10, which must not be reachable either.
-    if ip.is_unspecified:
-        return "unspecified"
-    if ip.is_loopback:
-        return "loopback"
-    if ip.is_link_local:
-        return "link-local"
-    if ip.is_multicast:
-        return "multicast"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
-        return "site-local"
-    if ip.is_private:
-        return "private"
-    if ip.is_reserved:
-        return "reserved"
-    if not ip.is_global:
-        return "non-global"
-    return None
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """IPv4 addresses that traffic to ``ip`` may end up at (6to4, Teredo, IPv4-compatible)."""
-    out: list[ipaddress.IPv4Address] = []
-    if ip.sixtofour is not None:
-        out.append(ip.sixtofour)
-    if ip.teredo is not None:
-        out.extend(ip.teredo)
-    if ip in _IPV4_COMPATIBLE:
-        out.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    return out
-
-
-def blocked_reason(address: str | IPAddress, allowed: Sequence[IPNetwork] = ()) -> str | None:
-    """Short text saying why ``address`` must not be contacted, or None if it may be.
-
-    ``allowed`` holds networks the user explicitly opened (e.g. 127.0.0.0/8 for tests or an intranet).
-    """
-    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            # Why: a dual-stack socket sends ::ffff:a.b.c.d to the IPv4 host a.b.c.d, so judge that.
-            ip = ip.ipv4_mapped
-        elif ip in _NAT64:
-            # Why: a NAT64 gateway forwards to the embedded IPv4; on IPv6-only hosts with DNS64 every
-            # IPv4 site looks like this, so judge the embedded address instead of blocking them all.
-            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if _in_networks(ip, allowed):
-        return None
-    kind = _non_public_kind(ip)
-    if kind is not None:
-        return f"{ip} is {kind}"
-    if isinstance(ip, ipaddress.IPv6Address):
-        for v4 in _embedded_ipv4(ip):
-            if not _in_networks(v4, allowed) and (kind := _non_public_kind(v4)) is not None:
-                return f"{ip} embeds {kind} {v4}"
-    return None
-
-
-def is_blocked_address(address: str | IPAddress, allowed: Sequence[IPNetwork] = ()) -> bool:
-    """True when ``address`` is private/loopback/link-local/multicast/reserved/unspecified and not allowed."""
-    return blocked_reason(address, allowed) is not None
-
-
-def robots_optout(header_values: Iterable[str], agent_names: Iterable[str]) -> str | None:
-    """The X-Robots-Tag directive that opts this crawler out of AI use, or None.
-
-    Follows Google's X-Robots-Tag grammar: comma-separated directives, optionally preceded by
-    ``agent:`` which scopes the following directives (until the next agent prefix) to that agent.
-    Unscoped directives and ``*`` apply to everyone; ``otherbot: noai`` does not apply to us.
-    """
-    names = {n.lower() for n in agent_names} | {"*"}
-    for value in header_values:
-        agent: str | None = None
-        for raw in value.split(","):
-            part = raw.strip()
-            if not part:
-                continue
-            head, sep, rest = part.partition(":")
-            head = head.strip().lower()
-            if sep and head not in _ROBOTS_VALUED_DIRECTIVES and _ROBOTS_AGENT_RE.match(head):
-                agent = head
-                directive = rest.strip().lower()
-            else:
-                directive = part.lower()
-            if directive in _ROBOTS_OPTOUT_DIRECTIVES and (agent is None or agent in names):
-                return part
-    return None
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -311,8 +206,12 @@ class _Target:
     url: str  # normalised URL string
 
     @property
-    def pool_key(self) -> tuple[str, str, int]:
+    def origin(self) -> tuple[str, str, int]:
         return (self.scheme, self.host, self.port)
+
+    def at(self, path: str) -> str:
+        """The URL of ``path`` on this target's origin."""
+        return self.url[: len(self.url) - len(self.request_target)] + path
 
 
 def _idna(host: str) -> str:
@@ -337,10 +236,10 @@ def _parse_target(url: str) -> _Target:
         raise _Failure(reasons.URL_INVALID, f"invalid URL: {exc}") from None
     if not hostname:
         raise _Failure(reasons.URL_INVALID, "invalid URL: no host")
-    try:
-        ip = ipaddress.ip_address(hostname)
-        host = str(ip)
-    except ValueError:
+    literal = ip_literal(hostname)
+    if literal is not None:
+        host = str(literal)
+    else:
         try:
             host = _idna(hostname.rstrip(".")).lower() if not hostname.isascii() else hostname.lower()
         except Exception:  # idna raises its own error types; any of them means an unusable name
@@ -354,236 +253,6 @@ def _parse_target(url: str) -> _Target:
     netloc_host = f"[{host}]" if ":" in host else host
     netloc = netloc_host if port == _ALLOWED_SCHEMES[scheme] else f"{netloc_host}:{port}"
     return _Target(scheme, host, port, request_target, f"{scheme}://{netloc}{request_target}")
-
-
-# --------------------------------------------------------------------------------------------------------
-# Sockets and connections
-# --------------------------------------------------------------------------------------------------------
-
-
-class _DeadlineReader(io.RawIOBase):
-    """Raw stream over a socket whose every read is bounded by the owner's idle limit and deadline."""
-
-    def __init__(self, owner: _DeadlineSocket) -> None:
-        super().__init__()
-        self._owner = owner
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        self._owner.arm()
-        n = self._owner.sock.recv_into(buffer)
-        if _QUICKACK is not None:
-            # Why: servers that leave Nagle on write headers and body separately; on a keep-alive
-            # connection the body then waits for our delayed ACK (~40 ms per response). Measured on a
-            # stock ThreadingHTTPServer: 360 -> 3,600 responses/s with this one syscall per recv.
-            with contextlib.suppress(OSError):
-                self._owner.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            super().close()
-            self._owner.release_reader()
-
-
-class _DeadlineSocket:
-    """Socket wrapper for http.client: per-recv idle timeout plus one absolute deadline per request.
-
-    http.client only knows per-call socket timeouts, which a slow-drip server defeats; re-arming the
-    timeout to ``min(idle, deadline - now)`` before each recv turns it into a hard deadline.
-    Like socket.socket, the real close waits until readers made by makefile() are closed: http.client
-    closes the connection as soon as it sees a close-delimited response, then reads the body.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.deadline = float("inf")
-        self.idle_s = 10.0
-        self._readers = 0
-        self._closed = False
-        self._lock = threading.Lock()
-
-    def arm(self) -> None:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("response deadline exceeded")
-        self.sock.settimeout(min(self.idle_s, remaining))
-
-    def sendall(self, data: bytes) -> None:
-        self.arm()
-        self.sock.sendall(data)
-
-    def makefile(self, mode: str = "rb", *args: object, **kwargs: object) -> io.BufferedReader:
-        if mode != "rb":
-            raise ValueError("only 'rb' is supported")
-        with self._lock:
-            self._readers += 1
-        return io.BufferedReader(_DeadlineReader(self), _CHUNK)
-
-    def release_reader(self) -> None:
-        with self._lock:
-            self._readers -= 1
-            really = self._closed and self._readers <= 0
-        if really:
-            self.sock.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            really = self._readers <= 0
-        if really:
-            self.sock.close()
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.sock, name)
-
-
-class _PinnedConnection(http.client.HTTPConnection):
-    """HTTPConnection that only ever talks over a socket the Fetcher opened to a validated address.
-
-    ``host`` stays the URL's host so the Host header is right; the socket is injected, and connect() is
-    disabled so http.client can never resolve and connect on its own (which would bypass the check).
-    """
-
-    def __init__(self, target: _Target, sock: _DeadlineSocket) -> None:
-        super().__init__(target.host, target.port)
-        self.default_port = _ALLOWED_SCHEMES[target.scheme]  # omit ":443" from Host for https
-        self.auto_open = 0
-        self.sock = sock
-        self.idle_since = 0.0
-
-    def connect(self) -> None:
-        raise http.client.NotConnected("pinned connection has no socket")
-
-
-def _open_socket(family: int, sockaddr: tuple, timeout: float) -> socket.socket:
-    """Open a TCP socket to exactly ``sockaddr`` (no name resolution)."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.connect(sockaddr)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class _ConnectionPool:
-    """Idle keep-alive connections shared by all threads, keyed by (scheme, host, port)."""
-
-    def __init__(self, max_per_key: int, max_total: int) -> None:
-        self._lock = threading.Lock()
-        self._idle: dict[tuple[str, str, int], list[_PinnedConnection]] = {}
-        self._total = 0
-        self._max_per_key = max_per_key
-        self._max_total = max_total
-
-    def get(self, key: tuple[str, str, int]) -> _PinnedConnection | None:
-        stale: list[_PinnedConnection] = []
-        found: _PinnedConnection | None = None
-        now = time.monotonic()
-        with self._lock:
-            conns = self._idle.get(key)
-            while conns:
-                conn = conns.pop()  # most recently used first: least likely to be closed by the server
-                self._total -= 1
-                if now - conn.idle_since < _POOL_IDLE_S:
-                    found = conn
-                    break
-                stale.append(conn)
-            if conns is not None and not conns:
-                del self._idle[key]
-        for conn in stale:
-            conn.close()
-        return found
-
-    def put(self, key: tuple[str, str, int], conn: _PinnedConnection) -> None:
-        conn.idle_since = time.monotonic()
-        evicted: list[_PinnedConnection] = []
-        with self._lock:
-            if self._total >= self._max_total:
-                evicted.extend(self._sweep_locked(conn.idle_since))
-            conns = self._idle.setdefault(key, [])
-            if len(conns) < self._max_per_key and self._total < self._max_total:
-                conns.append(conn)
-                self._total += 1
-            else:
-                evicted.append(conn)
-                if not conns:
-                    del self._idle[key]
-        for c in evicted:
-            c.close()
-
-    def _sweep_locked(self, now: float) -> list[_PinnedConnection]:
-        out: list[_PinnedConnection] = []
-        for key in list(self._idle):
-            keep = [c for c in self._idle[key] if now - c.idle_since < _POOL_IDLE_S]
-            out.extend(c for c in self._idle[key] if now - c.idle_since >= _POOL_IDLE_S)
-            if keep:
-                self._idle[key] = keep
-            else:
-                del self._idle[key]
-        self._total -= len(out)
-        return out
-
-    def close(self) -> None:
-        with self._lock:
-            conns = [c for cs in self._idle.values() for c in cs]
-            self._idle.clear()
-            self._total = 0
-        for c in conns:
-            c.close()
-
-
-class _HostLimiter:
-    """Per-host semaphores, created on demand and dropped when unused (millions of hosts must not leak)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._lock = threading.Lock()
-        self._entries: dict[str, list] = {}  # host -> [semaphore, users]
-
-    def acquire(self, host: str) -> threading.Semaphore:
-        with self._lock:
-            entry = self._entries.get(host)
-            if entry is None:
-                entry = self._entries[host] = [threading.Semaphore(self._limit), 0]
-            entry[1] += 1
-        sem: threading.Semaphore = entry[0]
-        sem.acquire()
-        return sem
-
-    def release(self, host: str) -> None:
-        with self._lock:
-            entry = self._entries[host]
-            entry[0].release()
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._entries[host]
-
-
-# --------------------------------------------------------------------------------------------------------
-# Fetcher
-# --------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Response:
-    """A hop's outcome that is not an error: a success body or a redirect location."""
-
-    status: int
-    content_type: str | None
-    body: bytes | None = None
-    location: str | None = None
-
-
-def _abandon(conn: _PinnedConnection, resp: http.client.HTTPResponse) -> None:
-    """Drop a connection whose response will not be read to the end (the response owns the socket too)."""
-    resp.close()
-    conn.close()
 
 
 def _media_type(value: str | None) -> str | None:
@@ -604,32 +273,215 @@ def _default_ssl_context() -> ssl.SSLContext:
     return ctx
 
 
-class Fetcher:
-    """Thread-safe downloader; one per worker process. ``fetch`` never raises for network problems."""
+_timeout_at: Callable[[float], Any] = getattr(asyncio, "timeout_at", None) or __import__("async_timeout").timeout_at
 
-    def __init__(self, options: FetchOptions | None = None, *, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._options = options or FetchOptions()
-        self._allowed = parse_networks(self._options.allowed_private_networks)
+
+# --------------------------------------------------------------------------------------------------------
+# aiohttp glue: the checked resolver, the "request sent" signal
+# --------------------------------------------------------------------------------------------------------
+
+
+class _CheckedResolver(AbstractResolver):
+    """aiohttp's view of the DNS cache: it only ever sees addresses the policy checked."""
+
+    def __init__(self, dns: DnsCache) -> None:
+        self._dns = dns
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_UNSPEC) -> list[dict[str, Any]]:
+        addresses = await self._dns.resolve(host)
+        return [
+            {"hostname": host, "host": address, "port": port, "family": fam, "proto": 0,
+             "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV}
+            for fam, address in addresses if family in (socket.AF_UNSPEC, fam)
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+class _Phase:
+    """Per-request context: when the request headers went out, the response deadline starts."""
+
+    def __init__(self, on_sent: Callable[[], None]) -> None:
+        self.name = "connect"
+        self._on_sent = on_sent
+
+    def sent(self) -> None:
+        if self.name == "connect":
+            self.name = "read"
+            self._on_sent()
+
+
+async def _on_request_headers_sent(_session: Any, context: Any, _params: Any) -> None:
+    phase = context.trace_request_ctx
+    if isinstance(phase, _Phase):
+        phase.sent()
+
+
+@dataclass
+class _Response:
+    """A hop's outcome that is not an error: a success body or a redirect location."""
+
+    status: int
+    content_type: str | None
+    body: bytes | None = None
+    location: str | None = None
+
+
+@dataclass
+class _OriginFile:
+    """robots.txt or tdmrep.json of one origin: the fetch in progress or done, and until when it may be used."""
+
+    task: asyncio.Future[Any]
+    expires: float = float("inf")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fetcher
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FetchStats:
+    """What a Fetcher did besides fetching the URLs it was given (Beam counters of the Download stage)."""
+
+    robots_fetches: int = 0
+    tdmrep_fetches: int = 0
+    dns_lookups: int = 0
+    breaker_trips: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"robots_fetches": self.robots_fetches, "tdmrep_fetches": self.tdmrep_fetches,
+                "dns_lookups": self.dns_lookups, "breaker_trips": self.breaker_trips}
+
+
+class Fetcher:
+    """One per worker process; thread-safe ``submit``/``fetch``. A fetch never raises for network problems."""
+
+    def __init__(self, config: DownloadConfig | None = None, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._config = config or DownloadConfig()
+        self._allowed = parse_networks(self._config.allow_private_addresses)
         self._ssl_context = ssl_context or _default_ssl_context()
-        self._hosts = _HostLimiter(self._options.per_host_concurrency)
-        self._pool = _ConnectionPool(self._options.per_host_concurrency, 2 * self._options.concurrency)
-        self._executor: cf.ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
+        self._agents = tuple(self._config.optout_agent_names)
         self._headers = {
-            "User-Agent": self._options.user_agent,
+            "User-Agent": self._config.user_agent or DEFAULT_USER_AGENT,
             "Accept": "image/avif,image/webp,image/apng,image/*,*/*;q=0.8",
             "Accept-Encoding": "identity",  # images are already compressed; avoids decoding bombs
         }
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stats = FetchStats()
 
     @property
-    def options(self) -> FetchOptions:
-        return self._options
+    def config(self) -> DownloadConfig:
+        return self._config
+
+    def stats(self) -> dict[str, int]:
+        """Counts so far: robots.txt and tdmrep.json fetches, DNS queries sent, circuit-breaker trips."""
+        return self._stats.as_dict()
 
     # ---- public API ------------------------------------------------------------------------------------
 
+    def submit(self, url: str) -> cf.Future[FetchResult]:
+        """Start fetching ``url`` on the fetcher's loop; the future completes with its FetchResult."""
+        return asyncio.run_coroutine_threadsafe(self._fetch(url), self._ensure_started())
+
     def fetch(self, url: str) -> FetchResult:
+        return self.submit(url).result()
+
+    def fetch_many(self, urls: Iterable[tuple[T, str]]) -> Iterator[tuple[T, FetchResult]]:
+        """Fetch ``(key, url)`` pairs, yielding ``(key, result)`` in completion order.
+
+        The input is pulled lazily: at most ``concurrency`` URLs are in flight or waiting to be yielded,
+        so memory stays bounded for any input size. Abandoning the iterator cancels the fetches in flight.
+        """
+        window: FetchWindow[T] = FetchWindow(self)
+        try:
+            for key, url in urls:
+                while window.full:
+                    yield window.take()
+                window.submit(key, url)
+                while (ready := window.take(block=False)) is not None:
+                    yield ready
+            while window.in_flight:
+                yield window.take()
+        finally:
+            window.cancel()
+
+    def close(self) -> None:
+        """Stop the loop thread and close connections; the Fetcher stays usable (a later submit restarts it)."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=30)
+        except (cf.TimeoutError, RuntimeError):
+            logger.warning("fetcher did not shut down cleanly", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        if not thread.is_alive():
+            loop.close()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- loop thread -----------------------------------------------------------------------------------
+
+    def _ensure_started(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=loop.run_forever, name="altsieve-fetch", daemon=True)
+                thread.start()
+                asyncio.run_coroutine_threadsafe(self._open(), loop).result()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    async def _open(self) -> None:
+        cfg = self._config
+        lookup = (cares_lookup if cfg.dns_resolver == "c-ares" else system_lookup)(cfg.connect_timeout_s)
+        self._dns = DnsCache(lookup, self._allowed)
+        self._hosts = Hosts(HostLimits(
+            concurrency=cfg.per_host_concurrency, requests_per_s=cfg.per_host_requests_per_s,
+            burst=cfg.per_host_burst, breaker_failures=cfg.breaker_failures,
+            breaker_cooldown_s=cfg.breaker_cooldown_s,
+        ))
+        self._robots: OrderedDict[tuple[str, str, int], _OriginFile] = OrderedDict()
+        self._tdmrep: OrderedDict[tuple[str, str, int], _OriginFile] = OrderedDict()
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_on_request_headers_sent)
+        connector = aiohttp.TCPConnector(
+            resolver=_CheckedResolver(self._dns), use_dns_cache=False, limit=0, limit_per_host=0,
+            ssl=self._ssl_context, keepalive_timeout=_POOL_IDLE_S,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers=self._headers, auto_decompress=False, trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(), trace_configs=[trace], raise_for_status=False,
+            # Deadlines are ours (see _hop); aiohttp's own only bounds each TCP connect.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s),
+        )
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._stats.dns_lookups = self._dns.lookups
+        await self._session.close()
+
+    # ---- one URL ---------------------------------------------------------------------------------------
+
+    async def _fetch(self, url: str) -> FetchResult:
         start = time.monotonic()
-        opts = self._options
+        cfg = self._config
         attempts = 0
         final_url: str | None = None
         status: int | None = None
@@ -641,7 +493,7 @@ class Fetcher:
             while True:
                 attempts += 1
                 try:
-                    target, redirects, response = self._attempt(target, redirects)
+                    target, response = await self._attempt(target, redirects)
                     return FetchResult(
                         url, target.url, response.status, response.content_type, response.body,
                         None, None, attempts, time.monotonic() - start,
@@ -649,9 +501,9 @@ class Fetcher:
                 except _Failure as failure:
                     final_url = failure.url or final_url
                     status = failure.status if failure.status is not None else status
-                    if not failure.retryable or attempts > opts.retries:
+                    if not self._retry_in_line(failure) or attempts > cfg.retries:
                         raise
-                    self._sleep_before_retry(failure, attempts - 1)
+                    await self._sleep_before_retry(failure, attempts - 1)
                     # Why: resume where the chain failed, keeping the redirects already followed.
                     target = failure.target or target
                     redirects = failure.redirects
@@ -659,97 +511,54 @@ class Fetcher:
             return FetchResult(
                 url, failure.url or final_url, failure.status if failure.status is not None else status,
                 failure.content_type, None, failure.reason, failure.message, attempts, time.monotonic() - start,
+                failure.optout,
             )  # fmt: skip
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # last resort: a weird server must not kill a bundle of a million URLs
             logger.warning("unexpected error fetching %s", url, exc_info=True)
             return FetchResult(
-                url, final_url, status, None, None, reasons.DOWNLOAD_HTTP_ERROR,
+                url, final_url, status, None, None, reasons.DOWNLOAD_UNEXPECTED_ERROR,
                 f"unexpected error: {type(exc).__name__}: {exc}"[:200], attempts, time.monotonic() - start,
             )  # fmt: skip
-
-    def fetch_many(self, urls: Iterable[tuple[T, str]]) -> Iterator[tuple[T, FetchResult]]:
-        """Fetch ``(key, url)`` pairs, yielding ``(key, result)`` in completion order.
-
-        The input is pulled lazily: at most ``concurrency`` URLs are in flight or waiting to be yielded,
-        so memory stays bounded for any input size. Abandoning the iterator cancels queued work.
-        """
-        executor = self._get_executor()
-        source = iter(urls)
-        pending: dict[cf.Future[FetchResult], T] = {}
-        exhausted = False
-        try:
-            while True:
-                while not exhausted and len(pending) < self._options.concurrency:
-                    try:
-                        key, url = next(source)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    pending[executor.submit(self.fetch, url)] = key
-                if not pending:
-                    return
-                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-                for future in done:
-                    yield pending.pop(future), future.result()
         finally:
-            for future in pending:
-                future.cancel()
+            self._stats.dns_lookups = self._dns.lookups
+            self._stats.breaker_trips = self._hosts.trips()
 
-    def close(self) -> None:
-        """Stop worker threads and close idle connections; the Fetcher stays usable (both are recreated)."""
-        with self._executor_lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
-        self._pool.close()
+    def _retry_in_line(self, failure: _Failure) -> bool:
+        if not failure.retryable:
+            return False
+        return failure.reason != reasons.DOWNLOAD_TIMEOUT or self._config.retry_timeouts
 
-    def __enter__(self) -> Fetcher:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ---- internals -------------------------------------------------------------------------------------
-
-    def _get_executor(self) -> cf.ThreadPoolExecutor:
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = cf.ThreadPoolExecutor(self._options.concurrency, thread_name_prefix="altsieve-fetch")
-            return self._executor
-
-    def _sleep_before_retry(self, failure: _Failure, retry_index: int) -> None:
-        opts = self._options
-        if failure.retry_after is not None and failure.status in (429, 503):
-            delay = min(failure.retry_after, opts.retry_after_max_s)
-        else:
-            delay = random.uniform(0.0, min(opts.backoff_max_s, opts.backoff_base_s * 2**retry_index))
+    async def _sleep_before_retry(self, failure: _Failure, retry_index: int) -> None:
+        if failure.paused_host:
+            return  # the host is paused for Retry-After; the next attempt waits for it in its slot
+        cfg = self._config
+        delay = random.uniform(0.0, min(cfg.backoff_max_s, cfg.backoff_base_s * 2**retry_index))
         if delay > 0:
-            time.sleep(delay)
+            await asyncio.sleep(delay)
 
-    def _attempt(self, target: _Target, redirects: int) -> tuple[_Target, int, _Response]:
+    async def _attempt(self, target: _Target, redirects: int) -> tuple[_Target, _Response]:
         """One attempt: follow redirects until a final response; raises _Failure with .target/.url set."""
-        opts = self._options
-        # Why a budget rather than a fixed deadline: time spent queueing on our own per-host semaphore is
+        cfg = self._config
+        # Why a budget rather than a fixed deadline: time spent queueing on our own per-host limits is
         # not the server's fault and must not turn into a timeout.
-        budget = opts.connect_timeout_s + opts.read_timeout_s
+        budget = cfg.connect_timeout_s + cfg.read_timeout_s
         while True:
-            self._hosts.acquire(target.host)
-            hop_start = time.monotonic()
             try:
-                response = self._hop(target, hop_start + budget)
+                await self._admit(target)
+                spent, response = await self._hop_in_slot(target, budget, image=True)
+                budget -= spent
             except _Failure as failure:
                 failure.target, failure.url, failure.redirects = target, target.url, redirects
                 raise
-            finally:
-                self._hosts.release(target.host)
-                budget -= time.monotonic() - hop_start
             if response.location is None:
-                return target, redirects, response
+                return target, response
             redirects += 1
             next_url = urljoin(target.url, response.location.strip())
-            if redirects > opts.max_redirects:
+            if redirects > cfg.max_redirects:
                 failure = _Failure(
-                    reasons.DOWNLOAD_TOO_MANY_REDIRECTS, f"more than {opts.max_redirects} redirects",
+                    reasons.DOWNLOAD_TOO_MANY_REDIRECTS, f"more than {cfg.max_redirects} redirects",
                     status=response.status,
                 )  # fmt: skip
                 failure.url = next_url
@@ -762,122 +571,181 @@ class Fetcher:
                 failure.url = next_url
                 raise
 
-    def _hop(self, target: _Target, deadline: float) -> _Response:
-        """One request/response on a pooled or fresh connection; raises _Failure."""
-        conn = self._pool.get(target.pool_key)
-        reused = conn is not None
-        while True:
-            if conn is None:
-                conn = self._connect(target, deadline)
-            request_start = time.monotonic()
+    async def _hop_in_slot(self, target: _Target, budget: float, *, image: bool,
+                           max_bytes: int | None = None) -> tuple[float, _Response]:
+        """One request inside the host's slot; counts its outcome for the host's circuit breaker."""
+        host = self._hosts.get(target.host)
+        async with host.slot():
+            self._check_breaker(target)
+            started = time.monotonic()
             try:
-                return self._exchange(conn, target, deadline)
-            except _Failure:
+                response = await self._hop(target, started + budget, image=image, max_bytes=max_bytes)
+            except _Failure as failure:
+                if failure.reason in _HOST_FAILURE_REASONS and host.record(failed=True):
+                    logger.info("host %s: %d failures in a row, failing its URLs for %.0f s", target.host,
+                                self._config.breaker_failures, self._config.breaker_cooldown_s)
+                if failure.reason == reasons.DOWNLOAD_RATE_LIMITED or (
+                        failure.status == 503 and failure.retry_after is not None):
+                    self._pause_host(target, failure)
                 raise
-            except (ConnectionError, http.client.BadStatusLine, ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
-                conn.close()
-                if reused:
-                    # Why: the server closed an idle keep-alive connection; that says nothing about the
-                    # URL, so resend once on a fresh connection without spending an attempt (GET is safe).
-                    reused, conn = False, None
-                    continue
-                raise self._classify(exc, "read", time.monotonic() - request_start) from None
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                raise self._classify(exc, "read", time.monotonic() - request_start) from None
-            except ValueError as exc:  # http.client.InvalidURL and friends
-                conn.close()
-                raise _Failure(reasons.URL_INVALID, f"invalid request: {exc}"[:200]) from None
+            host.record(failed=False)
+            return time.monotonic() - started, response
 
-    def _resolve(self, target: _Target) -> list[tuple[int, tuple]]:
-        """All (family, sockaddr) for the host, after checking every one of them against the policy."""
-        try:
-            infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-        except socket.gaierror as exc:
-            # Why: EAI_AGAIN is the resolver saying "try later"; a name that does not exist will not
-            # appear within a few seconds, so only the former is retried here.
+    def _pause_host(self, target: _Target, failure: _Failure) -> None:
+        cfg = self._config
+        delay = failure.retry_after if failure.retry_after is not None else cfg.backoff_base_s
+        self._hosts.get(target.host).pause(min(delay, cfg.retry_after_max_s))
+        failure.paused_host = True
+
+    def _check_breaker(self, target: _Target) -> None:
+        host = self._hosts.get(target.host)
+        if host.breaker_open():
             raise _Failure(
-                reasons.DOWNLOAD_DNS_ERROR, f"DNS: {exc.strerror or exc}", retryable=exc.errno == socket.EAI_AGAIN
-            ) from None
-        except UnicodeError:
-            raise _Failure(reasons.URL_INVALID, f"invalid host {target.host!r}") from None
-        addresses: list[tuple[int, tuple]] = []
-        seen: set[tuple] = set()
-        for family, _type, _proto, _canon, sockaddr in infos:
-            if family not in (socket.AF_INET, socket.AF_INET6) or sockaddr in seen:
-                continue
-            seen.add(sockaddr)
-            why = blocked_reason(ipaddress.ip_address(sockaddr[0]), self._allowed)
+                reasons.DOWNLOAD_HOST_UNAVAILABLE,
+                f"host {target.host}: {self._config.breaker_failures} timeouts or connection failures in a row; "
+                f"not tried again for {host.open_until - time.monotonic():.0f} s",
+            )
+
+    # ---- policy before a request ------------------------------------------------------------------------
+
+    async def _check_address(self, target: _Target) -> None:
+        """The address policy: an IP literal checked here, a name resolved (and every address checked) now."""
+        literal = ip_literal(target.host)
+        if literal is not None:
+            why = blocked_reason(literal, self._allowed)
             if why is not None:
-                # Why: refuse the whole host if any address is bad; we do not get to pick which one
-                # a later resolution or a round-robin would have handed out.
                 raise _Failure(reasons.DOWNLOAD_BLOCKED_ADDRESS, f"blocked address: {why}")
-            addresses.append((family, sockaddr))
-        if not addresses:
-            raise _Failure(reasons.DOWNLOAD_DNS_ERROR, "DNS: no usable address")
-        return addresses
-
-    def _connect(self, target: _Target, deadline: float) -> _PinnedConnection:
-        """Resolve, validate, and connect (plus TLS) within connect_timeout_s; raises _Failure."""
-        addresses = self._resolve(target)
-        start = time.monotonic()
-        connect_deadline = min(start + self._options.connect_timeout_s, deadline)
-        last: BaseException | None = None
-        for family, sockaddr in addresses:
-            remaining = connect_deadline - time.monotonic()
-            if remaining <= 0:
-                last = TimeoutError("connect deadline")
-                break
-            try:
-                raw = _open_socket(family, sockaddr, remaining)
-            except OSError as exc:
-                last = exc
-                continue
-            try:
-                sock: socket.socket = raw
-                if target.scheme == "https":
-                    raw.settimeout(max(0.001, connect_deadline - time.monotonic()))
-                    sock = self._ssl_context.wrap_socket(raw, server_hostname=target.host)
-            except OSError as exc:
-                raw.close()
-                raise self._classify(exc, "connect", time.monotonic() - start) from None
-            return _PinnedConnection(target, _DeadlineSocket(sock))
-        assert last is not None
-        raise self._classify(last, "connect", time.monotonic() - start)
-
-    def _exchange(self, conn: _PinnedConnection, target: _Target, deadline: float) -> _Response:
-        """Send the GET and interpret the response. Returns the connection to the pool when reusable."""
-        opts = self._options
-        dsock: _DeadlineSocket = conn.sock  # type: ignore[assignment]
-        dsock.idle_s = opts.read_timeout_s
-        dsock.deadline = min(time.monotonic() + opts.read_timeout_s, deadline)
-        conn.putrequest("GET", target.request_target, skip_accept_encoding=True)
-        for name, value in self._headers.items():
-            conn.putheader(name, value)
-        conn.endheaders()
-        resp = conn.getresponse()
+            return
         try:
-            return self._consume(conn, resp, target)
-        except BaseException:
-            resp.close()  # a close-delimited response holds the socket open until it is closed
-            raise
+            await self._dns.resolve(target.host)
+        except AddressBlocked as exc:
+            raise _Failure(reasons.DOWNLOAD_BLOCKED_ADDRESS, str(exc)) from None
+        except LookupFailed as exc:
+            raise _Failure(reasons.DOWNLOAD_DNS_ERROR, str(exc), retryable=exc.retryable) from None
 
-    def _consume(self, conn: _PinnedConnection, resp: http.client.HTTPResponse, target: _Target) -> _Response:
+    async def _admit(self, target: _Target) -> None:
+        """Everything that may refuse a URL before it is requested: address, breaker, robots.txt, tdmrep.json."""
+        await self._check_address(target)
+        self._check_breaker(target)
+        cfg = self._config
+        if cfg.respect_robots_txt:
+            rules = await self._origin_file(self._robots, target, optout.ROBOTS_PATH)
+            agent = rules.disallowed(target.url)
+            if agent is not None:
+                raise _Failure(reasons.DOWNLOAD_ROBOTS_TXT, f"robots.txt disallows it for {agent}",
+                               optout=optout.ROBOTS_TXT)
+        if cfg.respect_tdmrep:
+            tdm = await self._origin_file(self._tdmrep, target, optout.TDMREP_PATH)
+            location = tdm.reserved(target.request_target)
+            if location is not None:
+                raise _Failure(reasons.DOWNLOAD_TDM_RESERVED, f"tdmrep.json reserves {location}"[:200],
+                               optout=optout.TDMREP_JSON)
+
+    async def _origin_file(self, cache: OrderedDict[tuple[str, str, int], _OriginFile], target: _Target,
+                           path: str) -> Any:
+        """robots.txt / tdmrep.json rules of the target's origin: fetched once, shared by every waiting URL."""
+        key = target.origin
+        entry = cache.get(key)
+        if entry is None or entry.expires <= time.monotonic():
+            task = asyncio.ensure_future(self._load_origin_file(target, path))
+            entry = cache[key] = _OriginFile(task)
+
+            def _set_expiry(done: asyncio.Future[Any], entry: _OriginFile = entry) -> None:
+                failed = done.cancelled() or done.exception() is not None
+                ttl = _ORIGIN_FILE_FAILURE_TTL_S if failed else _ORIGIN_FILE_TTL_S
+                entry.expires = time.monotonic() + ttl
+
+            task.add_done_callback(_set_expiry)
+            while len(cache) > _ORIGIN_FILES_MAX:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        try:
+            return await asyncio.shield(entry.task)
+        except _Failure as failure:
+            raise failure.copy() from None
+
+    async def _load_origin_file(self, target: _Target, path: str) -> Any:
+        if path == optout.ROBOTS_PATH:
+            self._stats.robots_fetches += 1
+            content = await self._get_origin_file(target, path, optout.ROBOTS_MAX_BYTES, required=True)
+            return optout.RobotsRules(content, self._agents)
+        self._stats.tdmrep_fetches += 1
+        try:
+            content = await self._get_origin_file(target, path, optout.TDMREP_MAX_BYTES, required=False)
+        except _Failure:
+            content = None  # an unreachable tdmrep.json declares nothing; the response headers still count
+        return optout.TdmRules(content)
+
+    async def _get_origin_file(self, target: _Target, path: str, max_bytes: int, *, required: bool) -> bytes | None:
+        """The body of ``path`` on the target's origin; None when the file is unavailable (4xx, not there).
+
+        ``required`` (robots.txt, RFC 9309): a server error or 429 makes the file "unreachable", which
+        refuses the origin's URLs for now (a transient reason); network failures do too.
+        """
+        name = path.rsplit("/", 1)[-1]
+        current = _parse_target(target.at(path))
+        for _ in range(_ORIGIN_FILE_MAX_REDIRECTS + 1):
+            await self._check_address(current)
+            try:
+                _, response = await self._hop_in_slot(current, self._config.connect_timeout_s
+                                                      + self._config.read_timeout_s, image=False, max_bytes=max_bytes)
+            except _Failure as failure:
+                if failure.status is not None and 400 <= failure.status < 500 and failure.status != 429:
+                    return None  # RFC 9309 "unavailable": no rules
+                if failure.status is not None:
+                    failure.message = f"{name}: {failure.message}"
+                raise
+            if response.location is None:
+                return response.body
+            try:
+                current = _parse_target(urljoin(current.url, response.location.strip()))
+            except _Failure:
+                return None
+        return None
+
+    # ---- one request ------------------------------------------------------------------------------------
+
+    async def _hop(self, target: _Target, deadline: float, *, image: bool, max_bytes: int | None) -> _Response:
+        """One request/response; the connect phase and the response each under their own deadline."""
+        cfg = self._config
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if ip_literal(target.host) is not None:  # aiohttp connects to a literal without asking the resolver
+            await self._check_address(target)
+        try:
+            async with _timeout_at(min(deadline, started + cfg.connect_timeout_s)) as timer:
+                phase = _Phase(lambda: timer.reschedule(min(deadline, loop.time() + cfg.read_timeout_s)))
+                async with self._session.get(URL(target.url, encoded=True), allow_redirects=False,
+                                             trace_request_ctx=phase) as resp:
+                    phase.sent()  # a reused connection may skip the signal on some aiohttp paths
+                    return await self._consume(resp, image=image, max_bytes=max_bytes or cfg.max_bytes)
+        except _Failure:
+            raise
+        except TimeoutError:
+            raise _Failure(reasons.DOWNLOAD_TIMEOUT, f"{phase.name} timeout after {loop.time() - started:.1f} s",
+                           retryable=True) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _classify(exc) from None
+        except ValueError as exc:  # yarl / aiohttp refusing the request line
+            raise _Failure(reasons.URL_INVALID, f"invalid request: {exc}"[:200]) from None
+
+    async def _consume(self, resp: aiohttp.ClientResponse, *, image: bool, max_bytes: int) -> _Response:
         """Interpret a response: redirect, error status, opt-out, or body (bounded by max_bytes)."""
-        opts = self._options
+        cfg = self._config
         status = resp.status
-        ctype = _media_type(resp.getheader("Content-Type"))
+        ctype = _media_type(resp.headers.get("Content-Type"))
 
         if status in _REDIRECT_STATUSES:
-            location = resp.getheader("Location")
-            self._finish(conn, resp, target, drain=True)
+            location = resp.headers.get("Location")
+            await _discard(resp)
             if not location:
                 raise _Failure(reasons.DOWNLOAD_HTTP_ERROR, f"HTTP {status} without Location", status=status)
             return _Response(status, ctype, location=location)
 
         if not 200 <= status < 300:
-            retry_after = parse_retry_after(resp.getheader("Retry-After"))
-            self._finish(conn, resp, target, drain=True)
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            await _discard(resp)
             msg = f"HTTP {status}"
             if status in (404, 410):
                 raise _Failure(reasons.DOWNLOAD_NOT_FOUND, msg, status=status, content_type=ctype)
@@ -891,75 +759,131 @@ class Fetcher:
                 )
             raise _Failure(reasons.DOWNLOAD_HTTP_ERROR, msg, status=status, content_type=ctype)
 
-        if opts.respect_robots_optout:
-            directive = robots_optout(resp.headers.get_all("X-Robots-Tag") or [], opts.robots_agent_names)
-            if directive is not None:
-                _abandon(conn, resp)  # do not read the body at all
-                raise _Failure(
-                    reasons.DOWNLOAD_ROBOTS_OPTOUT,
-                    f"X-Robots-Tag: {directive}"[:200],
-                    status=status,
-                    content_type=ctype,
-                )
-        if resp.length is not None and resp.length > opts.max_bytes:
-            _abandon(conn, resp)
-            raise _Failure(
-                reasons.DOWNLOAD_TOO_LARGE, f"Content-Length {resp.length} > {opts.max_bytes}",
-                status=status, content_type=ctype,
-            )  # fmt: skip
+        if image:
+            if cfg.respect_robots_optout:
+                directive = optout.robots_optout(resp.headers.getall("X-Robots-Tag", []), self._agents)
+                if directive is not None:
+                    resp.close()  # do not read the body at all
+                    raise _Failure(reasons.DOWNLOAD_ROBOTS_OPTOUT, f"X-Robots-Tag: {directive}"[:200],
+                                   status=status, content_type=ctype, optout=optout.X_ROBOTS_TAG)
+            if cfg.respect_tdmrep and optout.tdm_header_reserved(resp.headers.getall("tdm-reservation", [])):
+                resp.close()
+                policy = resp.headers.get("tdm-policy")
+                raise _Failure(reasons.DOWNLOAD_TDM_RESERVED,
+                               ("tdm-reservation: 1" + (f" (policy {policy})" if policy else ""))[:200],
+                               status=status, content_type=ctype, optout=optout.TDM_HEADER)
+        length = resp.content_length
+        if image and length is not None and length > max_bytes:
+            resp.close()
+            raise _Failure(reasons.DOWNLOAD_TOO_LARGE, f"Content-Length {length} > {max_bytes}",
+                           status=status, content_type=ctype)
         body = bytearray()
         while True:
-            chunk = resp.read(min(_CHUNK, opts.max_bytes + 1 - len(body)))
+            chunk = await resp.content.read(min(_CHUNK, max_bytes + 1 - len(body)))
             if not chunk:
                 break
             body += chunk
-            if len(body) > opts.max_bytes:
-                _abandon(conn, resp)  # stop early; the rest of the body is not worth the bandwidth
-                raise _Failure(
-                    reasons.DOWNLOAD_TOO_LARGE,
-                    f"body exceeds {opts.max_bytes} bytes",
-                    status=status,
-                    content_type=ctype,
-                )
-        self._finish(conn, resp, target, drain=False)
+            if len(body) > max_bytes:
+                resp.close()  # stop early; the rest of the body is not worth the bandwidth
+                if not image:
+                    del body[max_bytes:]  # robots.txt and tdmrep.json: the first max_bytes are what counts
+                    break
+                raise _Failure(reasons.DOWNLOAD_TOO_LARGE, f"body exceeds {max_bytes} bytes",
+                               status=status, content_type=ctype)
         return _Response(status, ctype, bytes(body))
 
-    def _finish(self, conn: _PinnedConnection, resp: http.client.HTTPResponse, target: _Target, *, drain: bool) -> None:
-        """Return ``conn`` to the pool if its response is fully consumed and keep-alive; else close it."""
-        if drain and not resp.isclosed():
-            if resp.length is None or resp.length > _DRAIN_MAX:
-                _abandon(conn, resp)
-                return
-            try:
-                resp.read()
-            except (OSError, http.client.HTTPException):
-                _abandon(conn, resp)
-                return
-        if resp.will_close or not resp.isclosed():
-            _abandon(conn, resp)
-        else:
-            self._pool.put(target.pool_key, conn)
 
-    def _classify(self, exc: BaseException, phase: str, elapsed: float) -> _Failure:
-        """Map a socket/http.client exception to a download reason."""
-        if isinstance(exc, TimeoutError):
-            return _Failure(reasons.DOWNLOAD_TIMEOUT, f"{phase} timeout after {elapsed:.1f} s", retryable=True)
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"TLS certificate error: {exc.verify_message}")
-        if isinstance(exc, ssl.SSLError):
-            return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"TLS error: {exc.reason or exc}", retryable=True)
-        if isinstance(exc, ConnectionRefusedError):
+async def _discard(resp: aiohttp.ClientResponse) -> None:
+    """Read a small error/redirect body so the connection can be reused; drop the connection otherwise."""
+    length = resp.content_length
+    if length is None or length > _DRAIN_MAX:
+        resp.close()
+        return
+    try:
+        await resp.read()
+    except (aiohttp.ClientError, OSError):
+        resp.close()
+
+
+def _classify(exc: BaseException) -> _Failure:
+    """Map an aiohttp / socket exception to a download reason."""
+    cause = getattr(exc, "os_error", None) or exc.__cause__
+    if isinstance(cause, AddressBlocked):
+        return _Failure(reasons.DOWNLOAD_BLOCKED_ADDRESS, str(cause))
+    if isinstance(cause, LookupFailed):
+        return _Failure(reasons.DOWNLOAD_DNS_ERROR, str(cause), retryable=cause.retryable)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        cert = exc.certificate_error
+        detail = getattr(cert, "verify_message", None) or str(cert)
+        return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"TLS certificate error: {detail}"[:200])
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"TLS error: {exc}"[:200], retryable=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
             return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, "connection refused", retryable=True)
-        if isinstance(exc, http.client.RemoteDisconnected):
-            return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, "server closed the connection", retryable=True)
-        if isinstance(exc, ConnectionError):
-            return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, "connection reset", retryable=True)
-        if isinstance(exc, http.client.IncompleteRead):
-            return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, "connection closed mid-body", retryable=True)
-        if isinstance(exc, http.client.HTTPException):
-            return _Failure(reasons.DOWNLOAD_HTTP_ERROR, f"protocol error: {type(exc).__name__}: {exc}"[:200])
-        if isinstance(exc, OSError):
-            return _Failure(
-                reasons.DOWNLOAD_CONNECTION_ERROR, f"connection error: {exc.strerror or exc}", retryable=True
-            )
-        return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"{type(exc).__name__}: {exc}"[:200], retryable=True)
+        detail = exc.os_error.strerror or str(exc.os_error) if exc.os_error else str(exc)
+        return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"connection error: {detail}"[:200], retryable=True)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, "server closed the connection", retryable=True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        # Fewer bytes than Content-Length (or a chunked body cut short): the server or the network broke off.
+        return _Failure(reasons.DOWNLOAD_TRUNCATED, f"body cut short: {exc}"[:200], retryable=True)
+    if isinstance(exc, ssl.SSLError):
+        return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"TLS error: {exc.reason or exc}"[:200], retryable=True)
+    if isinstance(exc, ConnectionError | aiohttp.ClientOSError):
+        return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, "connection reset", retryable=True)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return _Failure(reasons.URL_INVALID, f"invalid URL: {exc}"[:200])
+    if isinstance(exc, aiohttp.ClientResponseError):  # the response could not be parsed: not HTTP as we know it
+        return _Failure(reasons.DOWNLOAD_HTTP_ERROR, f"protocol error: {exc.message}"[:200])
+    if isinstance(exc, OSError):
+        return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"connection error: {exc.strerror or exc}"[:200],
+                        retryable=True)
+    return _Failure(reasons.DOWNLOAD_HTTP_ERROR, f"protocol error: {type(exc).__name__}: {exc}"[:200])
+
+
+# --------------------------------------------------------------------------------------------------------
+# The window the Download stage keeps full
+# --------------------------------------------------------------------------------------------------------
+
+
+class FetchWindow(Generic[T]):
+    """At most ``capacity`` fetches in flight or waiting to be taken; results in completion order.
+
+    Not thread-safe: one thread submits and takes (the fetches themselves run on the fetcher's loop).
+    """
+
+    def __init__(self, fetcher: Fetcher, capacity: int | None = None) -> None:
+        self._fetcher = fetcher
+        self._capacity = capacity or fetcher.config.concurrency
+        self._done: queue.SimpleQueue[tuple[T, cf.Future[FetchResult]]] = queue.SimpleQueue()
+        self._pending: set[cf.Future[FetchResult]] = set()
+        self.in_flight = 0
+
+    @property
+    def full(self) -> bool:
+        return self.in_flight >= self._capacity
+
+    def submit(self, key: T, url: str) -> None:
+        future = self._fetcher.submit(url)
+        self.in_flight += 1
+        self._pending.add(future)
+        future.add_done_callback(lambda done, key=key: self._done.put((key, done)))
+
+    def take(self, block: bool = True) -> Any:
+        """The next completed ``(key, result)``; None when nothing is in flight (or, not blocking, none is done)."""
+        if self.in_flight == 0:
+            return None
+        try:
+            key, future = self._done.get(block=block)
+        except queue.Empty:
+            return None
+        self.in_flight -= 1
+        self._pending.discard(future)
+        return key, future.result()
+
+    def cancel(self) -> None:
+        for future in list(self._pending):
+            future.cancel()
+        self._pending.clear()
+        self.in_flight = 0

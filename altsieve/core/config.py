@@ -35,8 +35,9 @@ class InputConfig(_Section):
     save_additional_columns: list[str] = Field(default_factory=list)
     # auto: from the file name (.parquet, .csv, .tsv, .jsonl/.json, each optionally .gz).
     input_format: Literal["auto", "parquet", "csv", "tsv", "jsonl"] = "auto"
-    # Pairs per partition: the unit of work, of resume and of the candidate shards.
-    rows_per_partition: int = Field(10_000, ge=1)
+    # Pairs per partition: the unit of work, of resume and of the candidate shards. None: sized from the input
+    # so that every local worker gets several partitions (at most 10,000 rows each), then kept for resumed runs.
+    rows_per_partition: int | None = Field(None, ge=1)
     # Text inputs (CSV, TSV, JSONL): their encoding (a leading byte-order mark is dropped); a line that is not
     # valid in it becomes a row with reason input_undecodable, never U+FFFD.
     encoding: str = "utf-8"
@@ -55,20 +56,39 @@ class InputConfig(_Section):
 
 
 class DownloadConfig(_Section):
-    connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(10.0, gt=0)
+    """The fetcher's settings (transforms/fetch.py reads them as they are: there is no second copy)."""
+
+    connect_timeout_s: float = Field(5.0, gt=0)  # DNS + TCP + TLS
+    read_timeout_s: float = Field(10.0, gt=0)  # the whole response, from the request sent to its last byte
+    # Extra attempts for 5xx, 429 and connection failures; a timeout is left for --retry-failed (retry_timeouts).
     retries: int = Field(2, ge=0, le=10)
+    retry_timeouts: bool = False
     backoff_base_s: float = Field(0.5, ge=0)
     backoff_max_s: float = Field(10.0, ge=0)
     retry_after_max_s: float = Field(30.0, ge=0)
     max_redirects: int = Field(5, ge=0)
     max_bytes: int = Field(20_000_000, gt=0)
-    concurrency: int = Field(32, ge=1)
+    # Requests in flight per worker process (the fetch window, kept full across partitions).
+    concurrency: int = Field(256, ge=1)
+    # Per host, per worker process: connections at once, and a token-bucket request rate (None: no limit).
     per_host_concurrency: int = Field(16, ge=1)
+    per_host_requests_per_s: float | None = Field(50.0, gt=0)
+    per_host_burst: int = Field(10, ge=1)
+    # Circuit breaker: after this many timeouts or connection failures in a row, a host's URLs fail fast
+    # (download_host_unavailable, retried by --retry-failed) for breaker_cooldown_s.
+    breaker_failures: int = Field(10, ge=1)
+    breaker_cooldown_s: float = Field(60.0, ge=0)
+    # Opt-outs, each on by default: X-Robots-Tag noai/noimageai/noml; robots.txt; TDMRep (header and tdmrep.json).
     respect_robots_optout: bool = True
+    respect_robots_txt: bool = True
+    respect_tdmrep: bool = True
+    # The agent names robots.txt groups and X-Robots-Tag scopes are read for (besides "*").
+    optout_agent_names: list[str] = Field(default_factory=lambda: ["altsieve", "img2dataset"], min_length=1)
     # CIDRs of private/loopback/link-local addresses the user allows; empty: none (the safe default).
     allow_private_addresses: list[str] = Field(default_factory=list)
-    user_agent: str | None = None
+    user_agent: str | None = None  # None: altsieve/<version> with the project's URL
+    # c-ares: asynchronous, answers cached for their TTL; system: the OS resolver (nsswitch, mDNS), cached 60 s.
+    dns_resolver: Literal["c-ares", "system"] = "c-ares"
 
     @field_validator("allow_private_addresses")
     @classmethod

@@ -47,6 +47,11 @@ DOWNLOAD_TOO_MANY_REDIRECTS = "download_too_many_redirects"
 DOWNLOAD_BLOCKED_ADDRESS = "download_blocked_address"  # private/loopback/link-local/multicast target
 DOWNLOAD_ROBOTS_OPTOUT = "download_robots_optout"  # X-Robots-Tag noai / noimageai
 DOWNLOAD_DNS_ERROR = "download_dns_error"
+DOWNLOAD_TRUNCATED = "download_truncated"  # fewer bytes than Content-Length: the server or the network broke off
+DOWNLOAD_HOST_UNAVAILABLE = "download_host_unavailable"  # the host's circuit breaker is open (repeated failures)
+DOWNLOAD_UNEXPECTED_ERROR = "download_unexpected_error"  # a fetcher bug or an unforeseen server quirk: logged
+DOWNLOAD_ROBOTS_TXT = "download_robots_txt"  # robots.txt disallows the URL for altsieve (or img2dataset, or *)
+DOWNLOAD_TDM_RESERVED = "download_tdm_reserved"  # TDMRep: tdm-reservation header or /.well-known/tdmrep.json
 # Only in audits of img2dataset outputs, whose failures are free text: what its messages map onto.
 DOWNLOAD_HASH_MISMATCH = "download_hash_mismatch"  # img2dataset's --compute_hash check failed
 DOWNLOAD_ERROR = "download_error"  # an img2dataset download failure whose message names no known cause
@@ -122,7 +127,8 @@ CRAWL_SKIP_REASONS: tuple[str, ...] = (
 UNKNOWN_STATUS_PREFIX = "status_"
 
 TRANSIENT: frozenset[str] = frozenset(
-    {DOWNLOAD_TIMEOUT, DOWNLOAD_CONNECTION_ERROR, DOWNLOAD_SERVER_ERROR, DOWNLOAD_RATE_LIMITED, DOWNLOAD_DNS_ERROR}
+    {DOWNLOAD_TIMEOUT, DOWNLOAD_CONNECTION_ERROR, DOWNLOAD_SERVER_ERROR, DOWNLOAD_RATE_LIMITED, DOWNLOAD_DNS_ERROR,
+     DOWNLOAD_TRUNCATED, DOWNLOAD_HOST_UNAVAILABLE, DOWNLOAD_UNEXPECTED_ERROR}
 )
 
 # img2dataset's ``status`` column, derived from the reason so that its readers work unchanged.
@@ -176,6 +182,8 @@ FUNNEL: tuple[Stage, ...] = (
         DOWNLOAD_NOT_FOUND, DOWNLOAD_HTTP_ERROR, DOWNLOAD_RATE_LIMITED, DOWNLOAD_SERVER_ERROR, DOWNLOAD_TIMEOUT,
         DOWNLOAD_CONNECTION_ERROR, DOWNLOAD_TOO_LARGE, DOWNLOAD_TOO_MANY_REDIRECTS, DOWNLOAD_BLOCKED_ADDRESS,
         DOWNLOAD_ROBOTS_OPTOUT, DOWNLOAD_DNS_ERROR, DOWNLOAD_HASH_MISMATCH, DOWNLOAD_ERROR,
+        DOWNLOAD_TRUNCATED, DOWNLOAD_HOST_UNAVAILABLE, DOWNLOAD_UNEXPECTED_ERROR, DOWNLOAD_ROBOTS_TXT,
+        DOWNLOAD_TDM_RESERVED,
     ), always_shown=True),
     # Checked on the fetched bytes (MD5, SHA-256) and right after hashing (pHash), before anything is kept.
     Stage(SAFETY, "safety lists", (SAFETY_HASH_LIST, SAFETY_PHASH_LIST)),

@@ -1,0 +1,121 @@
+"""Per-host politeness and health for the asynchronous fetcher: one ``HostState`` per host name, per worker.
+
+* A connection cap (``per_host_concurrency`` requests in flight at once).
+* A request rate: a token bucket (GCRA form: each request reserves the next free send time, so
+  waiters queue in order without polling), ``per_host_requests_per_s`` with a burst of ``per_host_burst``.
+* A pause for the whole host: a 429 (or a 503 with Retry-After) stops every request to it until the
+  server's delay is over, not only the one that got it.
+* A circuit breaker: after ``breaker_failures`` timeouts or connection failures in a row (no success
+  between them), the host's requests fail fast for ``breaker_cooldown_s``; then requests go through
+  again, and one more failure opens it again.
+
+Everything runs on the fetcher's one event loop thread, so no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HostLimits:
+    concurrency: int = 16
+    requests_per_s: float | None = None  # None: no rate limit
+    burst: int = 1
+    breaker_failures: int = 10
+    breaker_cooldown_s: float = 60.0
+
+
+class HostState:
+    def __init__(self, limits: HostLimits, clock: Callable[[], float]) -> None:
+        self._limits, self._clock = limits, clock
+        self._slots = asyncio.Semaphore(limits.concurrency)
+        self._tat = 0.0  # theoretical arrival time of the next request (GCRA)
+        self.users = 0  # requests holding or waiting for a slot: the state is kept while any exist
+        self.paused_until = 0.0
+        self.failures = 0  # consecutive timeouts / connection failures
+        self.open_until = 0.0
+        self.trips = 0
+
+    def breaker_open(self) -> bool:
+        return self._clock() < self.open_until
+
+    def record(self, failed: bool) -> bool:
+        """Count a request's outcome; True when this failure opened the breaker."""
+        if not failed:
+            self.failures = 0
+            return False
+        self.failures += 1
+        if self.failures >= self._limits.breaker_failures and not self.breaker_open():
+            self.open_until = self._clock() + self._limits.breaker_cooldown_s
+            # Why not reset to 0: after the cooldown one more failure is enough to open it again.
+            self.failures = self._limits.breaker_failures - 1
+            self.trips += 1
+            return True
+        return False
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, self._clock() + seconds)
+
+    async def _wait_pause(self) -> None:
+        while (delay := self.paused_until - self._clock()) > 0:
+            await asyncio.sleep(delay)
+
+    def _reserve(self) -> float:
+        """Seconds to wait before this request may be sent under the rate limit."""
+        rate = self._limits.requests_per_s
+        if not rate:
+            return 0.0
+        now, interval = self._clock(), 1.0 / rate
+        tolerance = (max(self._limits.burst, 1) - 1) * interval
+        send_at = max(now, self._tat - tolerance)
+        self._tat = max(self._tat, now) + interval
+        return send_at - now
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of the host's connections; waits (uncharged to any deadline) for a pause, a slot and the rate."""
+        self.users += 1
+        try:
+            await self._wait_pause()
+            async with self._slots:
+                if (delay := self._reserve()) > 0:
+                    await asyncio.sleep(delay)
+                await self._wait_pause()  # a 429 may have paused the host while we queued
+                yield
+        finally:
+            self.users -= 1
+
+
+class Hosts:
+    """``HostState`` by host name; idle states beyond ``max_hosts`` are dropped (millions of hosts must not leak)."""
+
+    def __init__(self, limits: HostLimits, max_hosts: int = 100_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._limits, self._max, self._clock = limits, max_hosts, clock
+        self._states: OrderedDict[str, HostState] = OrderedDict()
+
+    def get(self, host: str) -> HostState:
+        state = self._states.get(host)
+        if state is None:
+            state = self._states[host] = HostState(self._limits, self._clock)
+            if len(self._states) > self._max:
+                self._evict()
+        else:
+            self._states.move_to_end(host)
+        return state
+
+    def _evict(self) -> None:
+        for name in list(self._states)[: len(self._states) - self._max]:
+            state = self._states[name]
+            # A host in use, paused or with its breaker open keeps its state: forgetting it would undo the pause.
+            if state.users == 0 and not state.breaker_open() and state.paused_until <= self._clock():
+                del self._states[name]
+
+    def trips(self) -> int:
+        return sum(state.trips for state in self._states.values())
