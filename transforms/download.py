@@ -73,9 +73,8 @@ class _DownloadPartitions(beam.DoFn):
             while window.full:
                 yield self._finish(*window.take())
             window.submit(record, record["url"])
-        # Whatever is done already leaves now; the rest leaves during later partitions or finish_bundle.
-        while (ready := window.take(block=False)) is not None:
-            yield self._finish(*ready)
+        # No wait for this partition's tail: the next partition's requests go out now, and what is in
+        # flight leaves while later partitions fill the window, or in finish_bundle.
 
     def finish_bundle(self) -> Iterator[Any]:
         window = self._window

@@ -22,7 +22,9 @@ Time model
 ----------
 * Connecting (DNS, TCP, TLS) takes at most ``connect_timeout_s``; once the request is sent, the whole
   response (status, headers and body) must arrive within ``read_timeout_s``: a hard deadline, so a
-  server that drips one byte a second cannot stretch it.
+  server that drips one byte a second cannot stretch it. Once the body has started, a gap of
+  ``idle_timeout_s`` with no byte is a stall and ends the request then (a stalled response costs that,
+  not the whole read timeout).
 * One attempt, all its redirect hops included, gets ``connect_timeout_s + read_timeout_s``; waiting for
   our own per-host slot or rate is not charged.
 * Timeouts are not retried in line (``retry_timeouts`` turns that on): a stalled server costs one
@@ -581,14 +583,14 @@ class Fetcher:
             try:
                 response = await self._hop(target, started + budget, image=image, max_bytes=max_bytes)
             except _Failure as failure:
-                if failure.reason in _HOST_FAILURE_REASONS and host.record(failed=True):
+                if failure.reason in _HOST_FAILURE_REASONS and host.record(failed=True, started=started):
                     logger.info("host %s: %d failures in a row, failing its URLs for %.0f s", target.host,
                                 self._config.breaker_failures, self._config.breaker_cooldown_s)
                 if failure.reason == reasons.DOWNLOAD_RATE_LIMITED or (
                         failure.status == 503 and failure.retry_after is not None):
                     self._pause_host(target, failure)
                 raise
-            host.record(failed=False)
+            host.record(failed=False, started=started)
             return time.monotonic() - started, response
 
     def _pause_host(self, target: _Target, failure: _Failure) -> None:
@@ -711,6 +713,7 @@ class Fetcher:
         cfg = self._config
         loop = asyncio.get_running_loop()
         started = loop.time()
+        response_deadline = float("inf")
         if ip_literal(target.host) is not None:  # aiohttp connects to a literal without asking the resolver
             await self._check_address(target)
         try:
@@ -719,18 +722,29 @@ class Fetcher:
                 async with self._session.get(URL(target.url, encoded=True), allow_redirects=False,
                                              trace_request_ctx=phase) as resp:
                     phase.sent()  # a reused connection may skip the signal on some aiohttp paths
-                    return await self._consume(resp, image=image, max_bytes=max_bytes or cfg.max_bytes)
+                    response_deadline = timer.when()
+
+                    def next_read() -> None:  # the body must keep coming: a gap of idle_timeout_s is a stall
+                        timer.reschedule(min(response_deadline, loop.time() + cfg.idle_timeout_s))
+                        phase.name = "idle"
+
+                    return await self._consume(resp, image=image, max_bytes=max_bytes or cfg.max_bytes,
+                                               next_read=next_read)
         except _Failure:
             raise
         except TimeoutError:
-            raise _Failure(reasons.DOWNLOAD_TIMEOUT, f"{phase.name} timeout after {loop.time() - started:.1f} s",
-                           retryable=True) from None
+            elapsed = loop.time() - started
+            message = (f"read timeout after {elapsed:.1f} s (no data for {cfg.idle_timeout_s:g} s)"
+                       if phase.name == "idle" and loop.time() < response_deadline
+                       else f"{'connect' if phase.name == 'connect' else 'read'} timeout after {elapsed:.1f} s")
+            raise _Failure(reasons.DOWNLOAD_TIMEOUT, message, retryable=True) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _classify(exc) from None
         except ValueError as exc:  # yarl / aiohttp refusing the request line
             raise _Failure(reasons.URL_INVALID, f"invalid request: {exc}"[:200]) from None
 
-    async def _consume(self, resp: aiohttp.ClientResponse, *, image: bool, max_bytes: int) -> _Response:
+    async def _consume(self, resp: aiohttp.ClientResponse, *, image: bool, max_bytes: int,
+                       next_read: Callable[[], None]) -> _Response:
         """Interpret a response: redirect, error status, opt-out, or body (bounded by max_bytes)."""
         cfg = self._config
         status = resp.status
@@ -779,6 +793,7 @@ class Fetcher:
                            status=status, content_type=ctype)
         body = bytearray()
         while True:
+            next_read()
             chunk = await resp.content.read(min(_CHUNK, max_bytes + 1 - len(body)))
             if not chunk:
                 break

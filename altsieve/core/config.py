@@ -60,6 +60,8 @@ class DownloadConfig(_Section):
 
     connect_timeout_s: float = Field(5.0, gt=0)  # DNS + TCP + TLS
     read_timeout_s: float = Field(10.0, gt=0)  # the whole response, from the request sent to its last byte
+    # Once the body has started, no byte for this long is a stall: the request ends then, not at read_timeout_s.
+    idle_timeout_s: float = Field(5.0, gt=0)
     # Extra attempts for 5xx, 429 and connection failures; a timeout is left for --retry-failed (retry_timeouts).
     retries: int = Field(2, ge=0, le=10)
     retry_timeouts: bool = False

@@ -1,0 +1,154 @@
+"""img2dataset against `altsieve run` on a web-like loopback simulation, side by side in one run.
+
+    .venv/bin/python bench/bench_web.py --pages 5000
+
+The simulation (altsieve/testcorpus/websim.py) is the profile of shared/reference/measured-baselines.md
+"Download under web-like latency": photo-like JPEGs of about 96 KB, lognormal time to first byte
+(median 150 ms), 3 % stalls, 2 % resets mid-body, 5 % 404s, 32 hosts on 127.0.0.2-33 with Zipf
+popularity, 4 MB/s per connection. The server runs in its own process (restarted for each tool, so
+both meet the same latencies), and its CPU is not counted.
+
+img2dataset runs with processes = cores (its defaults otherwise: 256 threads, 10 s timeout, no retries,
+border resize to 256, webdataset output, shards of 1000); `altsieve run` with no tuning flag (only
+--allow-private-addresses, without which it refuses loopback). Each is timed as a whole command
+(start-up included); CPU-seconds are the user+sys time of the command and every process it waited
+for. Printed: images/s, CPU-seconds per image, the CPU ceiling (cores / CPU-seconds per image: the
+rate if the tool never waited) and the share of it reached, and altsieve's ratio to img2dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+class SimServer:
+    """The simulated web in a child process; stopped by closing its stdin."""
+
+    def __init__(self, pages: int, seed: int, folder: Path, input_path: Path) -> None:
+        self._command = [sys.executable, "-m", "altsieve.testcorpus.websim", "--pages", str(pages), "--seed",
+                         str(seed), "--dir", str(folder), "--input", str(input_path)]
+
+    def __enter__(self) -> SimServer:
+        self.process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline())
+        self.info = json.loads(self.process.stdout.readline())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def run_measured(command: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + sys of the command and all it waited for)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        raise SystemExit(f"{command[0]} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def img2dataset(input_path: Path, output: Path) -> list[str]:
+    return [
+        sys.executable, "-c", "import sys; from img2dataset import main; sys.exit(main())",
+        "--url_list", str(input_path), "--input_format", "parquet",
+        "--url_col", "url", "--caption_col", "caption", "--output_format", "webdataset",
+        "--output_folder", str(output), "--processes_count", str(cores()), "--number_sample_per_shard", "1000",
+        "--distributor", "multiprocessing", "--enable_wandb", "False",
+    ]
+
+
+def altsieve(input_path: Path, output: Path) -> list[str]:
+    return [sys.executable, "-m", "altsieve.pipeline.cli", "run", str(input_path), "--output", str(output),
+            "--allow-private-addresses", "127.0.0.0/8"]
+
+
+def img2dataset_images(output: Path) -> int:
+    return sum(json.loads(p.read_text())["successes"] for p in output.glob("*_stats.json"))
+
+
+def altsieve_images(output: Path) -> tuple[int, int]:
+    """Images fetched and decoded by ingest (img2dataset's "success"), and the pairs the whole run kept."""
+    decoded = 0
+    for path in (output / "_candidates").glob("*.parquet"):
+        table = pq.read_table(path, columns=["reason"]).column("reason").to_pylist()
+        decoded += sum(reason is None for reason in table)
+    kept = json.loads((output / "stats.json").read_text())["output_samples"]
+    return decoded, kept
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pages", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--cache", default=None, help="folder for the rendered images (default: a temp folder, kept)")
+    args = parser.parse_args()
+
+    cache = Path(args.cache or Path(tempfile.gettempdir()) / f"altsieve-websim-{args.seed}-{args.pages}")
+    work = Path(tempfile.mkdtemp(prefix="altsieve-bench-web-"))
+    input_path = work / "input.parquet"
+    started = time.perf_counter()
+    with SimServer(args.pages, args.seed, cache, input_path) as server:
+        info = server.info
+    print(f"simulated web: {info['pages']} URLs, {info['kinds']}, {info['good_images']} serve an image, "
+          f"{info['mean_bytes'] / 1024:.0f} KB mean; ready in {time.perf_counter() - started:.0f} s; "
+          f"{cores()} cores", flush=True)
+    rows: dict[str, list[tuple[float, float, int]]] = {"img2dataset": [], "altsieve run": []}
+    kept: list[int] = []
+    try:
+        for repeat in range(args.repeats):
+            for label in rows:
+                output = work / f"{label.split()[0]}-{repeat}"
+                with SimServer(args.pages, args.seed, cache, input_path):
+                    if label == "img2dataset":
+                        wall, cpu = run_measured(img2dataset(input_path, output))
+                        images = img2dataset_images(output)
+                    else:
+                        wall, cpu = run_measured(altsieve(input_path, output))
+                        images, final = altsieve_images(output)
+                        kept.append(final)
+                rows[label].append((wall, cpu, images))
+                print(f"repeat {repeat}: {label}: {images} images in {wall:.1f} s, {cpu:.1f} CPU-s", flush=True)
+                shutil.rmtree(output, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"\n{'tool':<16}{'images':>8}{'wall s':>9}{'images/s':>10}{'CPU-s/img':>11}{'ceiling/s':>11}"
+          f"{'of ceiling':>12}{'ratio':>8}")
+    best = {label: min(runs, key=lambda run: run[0]) for label, runs in rows.items()}
+    baseline = best["img2dataset"][2] / best["img2dataset"][0]
+    for label, (wall, cpu, images) in best.items():
+        rate, per_image = images / wall, cpu / max(images, 1)
+        ceiling = cores() / per_image
+        print(f"{label:<16}{images:>8}{wall:>9.1f}{rate:>10.1f}{per_image * 1000:>9.2f}ms{ceiling:>11.1f}"
+              f"{rate / ceiling:>12.2f}{rate / baseline:>8.2f}")
+    print(f"(altsieve run kept {kept[-1]} pairs after its rules and deduplication; images = fetched and decoded)")
+
+
+if __name__ == "__main__":
+    main()
