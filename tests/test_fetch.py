@@ -31,6 +31,16 @@ from altsieve.transforms.optout import robots_optout
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 LOOPBACK = ["127.0.0.0/8"]
+# robots.txt and /.well-known/tdmrep.json by Host name (FakeDNS points these names at the test server).
+ROBOTS_BY_HOST = {
+    "robots-a.test": "User-agent: *\nDisallow: /\n\nUser-agent: altsieve\nDisallow: /private/\n",
+    "robots-b.test": "User-agent: img2dataset\nDisallow: /\n",
+    "robots-c.test": "User-agent: *\nDisallow: /ok\n",
+}
+TDMREP_BY_HOST = {
+    "tdm-a.test": '[{"location": "/big*", "tdm-reservation": 1, "tdm-policy": "https://x.test/p"},'
+                  ' {"location": "/", "tdm-reservation": 0}]',
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,6 +170,45 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:
                 self.server.active -= 1
             self._send(200, IMAGE, {"Content-Type": "image/png"})
+        elif route == "/robots.txt":
+            host = self.headers.get("Host", "").split(":")[0]
+            self.server.bump(f"robots:{host}")
+            if host == "robots-down.test":
+                self._send(503, b"busy")
+            elif host in ROBOTS_BY_HOST:
+                self._send(200, ROBOTS_BY_HOST[host].encode(), {"Content-Type": "text/plain"})
+            else:
+                self._send(404, b"no robots.txt")
+        elif route == "/.well-known/tdmrep.json":
+            host = self.headers.get("Host", "").split(":")[0]
+            self.server.bump(f"tdmrep:{host}")
+            if host in TDMREP_BY_HOST:
+                self._send(200, TDMREP_BY_HOST[host].encode(), {"Content-Type": "application/json"})
+            else:
+                self._send(404, b"no tdmrep.json")
+        elif route == "/tdm":
+            self._send(200, IMAGE, {"Content-Type": "image/png", "tdm-reservation": q.get("v", "1")})
+        elif route == "/short":
+            # Claims 1000 bytes, sends 100, hangs up: a body cut short.
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(IMAGE[:100])
+            self.close_connection = True
+        elif route == "/over":
+            # More bytes than Content-Length, in the same write (late=1: after a pause, on the idle connection).
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(IMAGE)))
+            self.end_headers()
+            if q.get("late"):
+                self.wfile.write(IMAGE)
+                self.wfile.flush()
+                time.sleep(0.05)
+                self.wfile.write(b"EXTRA BYTES THE SERVER SHOULD NOT HAVE SENT")
+            else:
+                self.wfile.write(IMAGE + b"EXTRA BYTES THE SERVER SHOULD NOT HAVE SENT")
         elif route == "/close-after":
             # Claims keep-alive but closes: the client's pooled connection goes stale.
             self._send(200, IMAGE, {"Content-Type": "image/png"})
@@ -803,3 +852,246 @@ def test_https_verifies_hostname_and_sends_sni(tls: tuple[_Server, str, list[str
     untrusted = plain.fetch(f"https://img.test:{port}/ok")
     assert untrusted.reason == reasons.DOWNLOAD_CONNECTION_ERROR and untrusted.attempts == 1
     fetcher.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exact bodies
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_body_shorter_than_content_length_is_transient(base: str) -> None:
+    result = _fetcher(retries=1).fetch(f"{base}/short")
+    assert result.reason == reasons.DOWNLOAD_TRUNCATED and result.transient
+    assert result.body is None and result.attempts == 2  # retried in line, like a reset
+    assert "100" in (result.error_message or "") and "1000" in (result.error_message or "")
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_overlong_response_never_reaches_the_next_url(server: _Server, base: str, late: bool) -> None:
+    fetcher = _fetcher(retries=0)
+    key = f"over-{late}"
+    first = fetcher.fetch(f"{base}/over?key={key}" + ("&late=1" if late else ""))
+    # Extra bytes that arrive with the body make the response unparseable (a protocol error); when they
+    # come after it, the declared body was whole. Either way the connection is not used again.
+    assert (first.reason, first.body) in ((None, IMAGE), (reasons.DOWNLOAD_HTTP_ERROR, None))
+    if late:
+        assert first.reason is None
+        time.sleep(0.2)  # the extra bytes reach the idle connection
+    after = [fetcher.fetch(f"{base}/ok?key={key}-next") for _ in range(2)]
+    assert all(r.reason is None and r.body == IMAGE for r in after)
+    # The next URL went over a new connection, never the one that overran.
+    assert not set(server.peers[f"{key}-next"]) & set(server.peers[key])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Opt-outs: robots.txt, X-Robots-Tag noml, TDMRep
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_robots_txt_fetched_once_per_host_and_honoured(server: _Server, dns: FakeDNS) -> None:
+    dns.records["robots-a.test"] = ["127.0.0.1"]
+    port = server.server_address[1]
+    fetcher = _fetcher()
+    urls = [(f"ok{i}", f"http://robots-a.test:{port}/ok?key=ra{i}") for i in range(4)]
+    urls += [(f"private{i}", f"http://robots-a.test:{port}/private/x?key=rp{i}") for i in range(4)]
+    results = dict(fetcher.fetch_many(urls))
+    # The altsieve group (which allows /ok) wins over "*" (which disallows everything).
+    assert all(results[f"ok{i}"].reason is None for i in range(4))
+    for i in range(4):
+        refused = results[f"private{i}"]
+        assert refused.reason == reasons.DOWNLOAD_ROBOTS_TXT and refused.optout == "robots.txt"
+        assert not refused.transient and refused.body is None
+        assert f"rp{i}" not in server.peers  # never requested
+    assert server.counters["robots:robots-a.test"] == 1
+    assert fetcher.stats()["robots_fetches"] == 1
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "refused"),
+    [("robots-b.test", "/ok", True),  # a group for img2dataset, one of our agent names
+     ("robots-c.test", "/ok", True),  # "*" applies when no group names us
+     ("robots-c.test", "/host", False)],
+)
+def test_robots_txt_groups(server: _Server, dns: FakeDNS, host: str, path: str, refused: bool) -> None:
+    dns.records[host] = ["127.0.0.1"]
+    url = f"http://{host}:{server.server_address[1]}{path}"
+    result = _fetcher().fetch(url)
+    assert (result.reason == reasons.DOWNLOAD_ROBOTS_TXT) is refused
+    assert _fetcher(respect_robots_txt=False).fetch(url).reason is None
+
+
+def test_unreachable_robots_txt_is_transient(server: _Server, dns: FakeDNS) -> None:
+    dns.records["robots-down.test"] = ["127.0.0.1"]
+    result = _fetcher(retries=0).fetch(f"http://robots-down.test:{server.server_address[1]}/ok")
+    # RFC 9309: a robots.txt that fails with a server error means "disallow for now", not "allow".
+    assert result.reason == reasons.DOWNLOAD_SERVER_ERROR and result.transient
+    assert result.error_message == "robots.txt: HTTP 503"
+
+
+def test_x_robots_tag_noml(base: str) -> None:
+    result = _fetcher().fetch(f"{base}/robots?v=noml")
+    assert result.reason == reasons.DOWNLOAD_ROBOTS_OPTOUT and result.optout == "x-robots-tag"
+
+
+@pytest.mark.parametrize(("value", "reserved"), [("1", True), ("0", False)])
+def test_tdm_reservation_header(base: str, value: str, reserved: bool) -> None:
+    result = _fetcher().fetch(f"{base}/tdm?v={value}")
+    assert (result.reason == reasons.DOWNLOAD_TDM_RESERVED) is reserved
+    assert result.optout == ("tdm-reservation" if reserved else None)
+    assert _fetcher(respect_tdmrep=False).fetch(f"{base}/tdm?v={value}").reason is None
+
+
+def test_tdmrep_json(server: _Server, dns: FakeDNS) -> None:
+    dns.records["tdm-a.test"] = ["127.0.0.1"]
+    port = server.server_address[1]
+    fetcher = _fetcher()
+    reserved = fetcher.fetch(f"http://tdm-a.test:{port}/big?key=tdm-big")
+    assert reserved.reason == reasons.DOWNLOAD_TDM_RESERVED and reserved.optout == "tdmrep.json"
+    assert "tdm-big" not in server.peers  # the file refused it before any request
+    assert fetcher.fetch(f"http://tdm-a.test:{port}/ok").reason is None  # the second rule: not reserved
+    assert server.counters["tdmrep:tdm-a.test"] == 1
+    assert _fetcher(respect_tdmrep=False).fetch(f"http://tdm-a.test:{port}/big").reason is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stalls, the circuit breaker and politeness per host
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_stalled_host_trips_the_breaker_without_holding_other_hosts(server: _Server, dns: FakeDNS) -> None:
+    dns.records["stalled.test"] = ["127.0.0.1"]
+    dns.records["healthy.test"] = ["127.0.0.1"]
+    port = server.server_address[1]
+    fetcher = _fetcher(read_timeout_s=0.4, idle_timeout_s=0.4, retries=0, concurrency=16, per_host_concurrency=2,
+                       breaker_failures=3, breaker_cooldown_s=30, per_host_requests_per_s=None)
+    urls = []
+    for i in range(20):  # interleaved, as a URL list mixes hosts
+        urls.append((f"stall{i}", f"http://stalled.test:{port}/stall?s=3&key=st{i}"))
+        urls.append((f"ok{i}", f"http://healthy.test:{port}/slow?d=0.02&key=ok{i}"))
+    started = time.monotonic()
+    results = dict(fetcher.fetch_many(urls))
+    elapsed = time.monotonic() - started
+    stalled = [results[f"stall{i}"] for i in range(20)]
+    timeouts = sum(r.reason == reasons.DOWNLOAD_TIMEOUT for r in stalled)
+    fast_fails = [r for r in stalled if r.reason == reasons.DOWNLOAD_HOST_UNAVAILABLE]
+    assert timeouts >= 3 and len(fast_fails) >= 14 and timeouts + len(fast_fails) == 20
+    assert all(r.transient and r.attempts == 1 and r.elapsed_s < 2 for r in fast_fails)
+    # Without the breaker: 20 stalls / 2 connections x 0.4 s = 4 s at least.
+    assert elapsed < 3.0
+    healthy = [results[f"ok{i}"] for i in range(20)]
+    assert all(r.reason is None for r in healthy)
+    assert max(r.elapsed_s for r in healthy) < 1.5  # never queued behind the stalled host
+    assert fetcher.stats()["breaker_trips"] == 1
+
+
+def test_timeouts_are_left_for_retry_failed(base: str) -> None:
+    result = _fetcher(read_timeout_s=0.3, retries=2).fetch(f"{base}/stall?s=1")
+    assert result.reason == reasons.DOWNLOAD_TIMEOUT and result.transient and result.attempts == 1
+
+
+def test_idle_body_ends_before_the_read_timeout(base: str) -> None:
+    result = _fetcher(read_timeout_s=5, idle_timeout_s=0.3, retries=0).fetch(f"{base}/stall?s=3")
+    assert result.reason == reasons.DOWNLOAD_TIMEOUT
+    assert result.elapsed_s < 1.5 and "no data for 0.3 s" in (result.error_message or "")
+
+
+def test_429_pauses_the_whole_host(base: str, server: _Server, dns: FakeDNS) -> None:
+    dns.records["other.test"] = ["127.0.0.1"]
+    fetcher = _fetcher(retries=0, per_host_requests_per_s=None)
+    limited = fetcher.fetch(f"{base}/flaky?key=pause429&status=429&n=1&ra=1")
+    assert limited.reason == reasons.DOWNLOAD_RATE_LIMITED
+    same_host = fetcher.submit(f"{base}/ok")
+    other_host = fetcher.submit(f"http://other.test:{server.server_address[1]}/ok")
+    assert other_host.result().elapsed_s < 0.5  # another host is not paused
+    assert same_host.result().reason is None and same_host.result().elapsed_s >= 0.7
+
+
+def test_request_rate_per_host(base: str) -> None:
+    fetcher = _fetcher(per_host_requests_per_s=20, per_host_burst=1)
+    started = time.monotonic()
+    results = list(fetcher.fetch_many((i, f"{base}/ok?key=rate{i}") for i in range(8)))
+    assert all(r.reason is None for _, r in results)
+    # robots.txt, tdmrep.json and 8 images: 10 requests, one per 50 ms after the first.
+    assert time.monotonic() - started >= 0.4
+
+
+def test_unexpected_error_is_transient_and_counted_apart(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from altsieve.transforms.fetch import Fetcher as FetcherClass
+
+    async def broken(self: object, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the fetcher")
+
+    monkeypatch.setattr(FetcherClass, "_consume", broken)
+    result = _fetcher().fetch(f"{base}/ok")
+    assert result.reason == reasons.DOWNLOAD_UNEXPECTED_ERROR and result.transient
+    assert "RuntimeError: a bug in the fetcher" in (result.error_message or "")
+    assert reasons.DOWNLOAD_UNEXPECTED_ERROR != reasons.DOWNLOAD_HTTP_ERROR
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DNS cache
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_dns_cache_honours_ttls() -> None:
+    import asyncio
+
+    from altsieve.transforms.addresses import AddressBlocked, DnsCache, LookupFailed
+
+    now = [1000.0]
+    queries: list[str] = []
+    answers = {"short.test": (["93.184.216.34"], 30.0), "zero.test": (["93.184.216.35"], 0.0),
+               "long.test": (["93.184.216.36"], 10**6), "inside.test": (["10.0.0.1"], 300.0)}
+
+    async def lookup(host: str):
+        queries.append(host)
+        await asyncio.sleep(0.01)
+        if host == "missing.test":
+            raise LookupFailed("DNS: Domain name not found", retryable=False)
+        if host == "flaky.test":
+            raise LookupFailed("DNS: Timeout", retryable=True)
+        ips, ttl = answers[host]
+        return [(socket.AF_INET, ip) for ip in ips], ttl
+
+    async def scenario() -> None:
+        cache = DnsCache(lookup, parse_networks([]), min_ttl_s=5, max_ttl_s=3600, negative_ttl_s=60,
+                         clock=lambda: now[0])
+        # Concurrent lookups of one name wait for one query.
+        got = await asyncio.gather(*(cache.resolve("short.test") for _ in range(5)))
+        assert got == [[(socket.AF_INET, "93.184.216.34")]] * 5 and queries == ["short.test"]
+        now[0] += 29
+        await cache.resolve("short.test")
+        assert queries.count("short.test") == 1  # within its TTL
+        now[0] += 2
+        await cache.resolve("short.test")
+        assert queries.count("short.test") == 2  # TTL over: asked again
+        await cache.resolve("zero.test")
+        now[0] += 4
+        await cache.resolve("zero.test")
+        assert queries.count("zero.test") == 1  # TTL 0 is held for the 5 s minimum
+        await cache.resolve("long.test")
+        now[0] += 3601
+        await cache.resolve("long.test")
+        assert queries.count("long.test") == 2  # and a huge TTL for the 1 h maximum
+        for _ in range(2):  # a blocked answer is an answer: cached
+            with pytest.raises(AddressBlocked, match="10.0.0.1 is private"):
+                await cache.resolve("inside.test")
+        assert queries.count("inside.test") == 1
+        for _ in range(2):  # no such name: cached for negative_ttl_s
+            with pytest.raises(LookupFailed):
+                await cache.resolve("missing.test")
+        assert queries.count("missing.test") == 1
+        for _ in range(2):  # "try again later": not cached
+            with pytest.raises(LookupFailed):
+                await cache.resolve("flaky.test")
+        assert queries.count("flaky.test") == 2
+
+    asyncio.run(scenario())
+
+
+def test_c_ares_resolver_reaches_localhost(server: _Server) -> None:
+    # c-ares answers "localhost" itself (RFC 6761 and /etc/hosts): no query leaves the machine.
+    fetcher = _fetcher(dns_resolver="c-ares", allow_private_addresses=["127.0.0.0/8", "::1/128"])
+    result = fetcher.fetch(f"http://localhost:{server.server_address[1]}/ok")
+    assert result.reason is None and result.body == IMAGE
+    assert fetcher.stats()["dns_lookups"] == 1

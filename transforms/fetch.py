@@ -583,7 +583,9 @@ class Fetcher:
             try:
                 response = await self._hop(target, started + budget, image=image, max_bytes=max_bytes)
             except _Failure as failure:
-                if failure.reason in _HOST_FAILURE_REASONS and host.record(failed=True, started=started):
+                if failure.status is not None:  # an HTTP answer, even an error, says the host is up
+                    host.record(failed=False, started=started)
+                elif failure.reason in _HOST_FAILURE_REASONS and host.record(failed=True, started=started):
                     logger.info("host %s: %d failures in a row, failing its URLs for %.0f s", target.host,
                                 self._config.breaker_failures, self._config.breaker_cooldown_s)
                 if failure.reason == reasons.DOWNLOAD_RATE_LIMITED or (

@@ -1,8 +1,9 @@
 """Opt-out signals a site gives a crawler that collects training data, parsed without any network.
 
 * robots.txt (RFC 9309), parsed by Protego (Scrapy's parser: wildcards, ``$``, longest match): a URL
-  is refused when any of our agent names (altsieve, img2dataset) may not fetch it; a name with no
-  group of its own falls back to the ``*`` group, as the RFC says.
+  is refused when the group for our agent (the first agent name, altsieve) refuses it, or ``*`` when
+  no group names us, as the RFC says; and when a group that names one of our other agent names
+  (img2dataset: sites that opted out of it meant image-dataset crawlers) refuses it.
 * X-Robots-Tag ``noai``, ``noimageai``, ``noml``, plain or scoped to one of our agent names or ``*``.
 * TDMRep (W3C TDM Reservation Protocol): the ``tdm-reservation: 1`` response header, and the rules of
   ``/.well-known/tdmrep.json`` (an array of ``{"location": path pattern, "tdm-reservation": 0|1}``;
@@ -34,6 +35,7 @@ _ROBOTS_OPTOUT_DIRECTIVES = frozenset({"noai", "noimageai", "noml"})
 # X-Robots-Tag directives that carry a value after a colon, so "name: value" is not an agent prefix.
 _ROBOTS_VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 _ROBOTS_AGENT_RE = re.compile(r"^[a-z0-9_.*-]+$")
+_USER_AGENT_LINE = re.compile(r"^\s*user-agent\s*:\s*([^\s#]+)", re.IGNORECASE | re.MULTILINE)
 
 
 def robots_optout(header_values: Iterable[str], agent_names: Iterable[str]) -> str | None:
@@ -71,16 +73,20 @@ class RobotsRules:
     """One origin's robots.txt; ``None`` content (404 and other 4xx: RFC 9309 "unavailable") allows everything."""
 
     def __init__(self, content: bytes | None, agent_names: Sequence[str]) -> None:
-        self._agents = tuple(agent_names)
+        self._agents: tuple[str, ...] = ()
         self._parser = None
         if content:
             from protego import Protego
 
             text = content[:ROBOTS_MAX_BYTES].decode("utf-8", errors="replace")
             self._parser = Protego.parse(text)
+            named = {match.group(1).lower() for match in _USER_AGENT_LINE.finditer(text)}
+            main, *others = agent_names
+            # Our own agent always (with the "*" fallback); the others only where a group names them.
+            self._agents = (main, *(name for name in others if name.lower() in named))
 
     def disallowed(self, url: str) -> str | None:
-        """Which of our agent names robots.txt refuses ``url`` to, or None when every one may fetch it."""
+        """Which of our agent names robots.txt refuses ``url`` to, or None when it may be fetched."""
         if self._parser is None:
             return None
         for agent in self._agents:

@@ -118,7 +118,8 @@ class WebCorpus:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         stamp = self.folder / "corpus.json"
-        meta = {"seed": self.seed, "pages": len(self.pages), "version": 2}
+        meta = {"seed": self.seed, "pages": len(self.pages), "sizes": sum(p.width * p.height for p in self.pages),
+                "version": 2}
         if stamp.exists() and json.loads(stamp.read_text()) == meta:
             return
         for page in self.pages:
@@ -133,8 +134,11 @@ class WebCorpus:
         return (self.folder / f"{page.page_id:07d}.jpg").read_bytes()
 
 
-def plan_web(n_pages: int, seed: int = 0, profile: WebProfile | None = None) -> WebCorpus:
-    """Which host serves each URL, how it behaves and how large its image is; deterministic in the seed."""
+def plan_web(n_pages: int, seed: int = 0, profile: WebProfile | None = None, max_side: int = 2048) -> WebCorpus:
+    """Which host serves each URL, how it behaves and how large its image is; deterministic in the seed.
+
+    ``max_side`` caps the images' longest side (tests use small ones: they render in a few ms).
+    """
     profile = profile or WebProfile()
     rng = random.Random(seed)
     weights = [1.0 / (k + 1) ** profile.zipf_s for k in range(profile.hosts)]
@@ -155,6 +159,8 @@ def plan_web(n_pages: int, seed: int = 0, profile: WebProfile | None = None) -> 
         # Longest side lognormal around 600 px within 200-2048, aspect 0.6-1, landscape or portrait.
         longest = int(min(2048, max(200, rng.lognormvariate(math.log(600), 0.45))))
         shortest = max(120, int(longest * rng.uniform(0.6, 1.0)))
+        if longest > max_side:
+            longest, shortest = max_side, max(64, shortest * max_side // longest)
         width, height = (longest, shortest) if rng.random() < 0.7 else (shortest, longest)
         caption = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 9))) + f" photo {page_id}"
         pages.append(WebPage(page_id, host, kind, width, height, caption))
