@@ -4,8 +4,10 @@
 
 Both download the same N photo-like 640x480 JPEGs (about 120 KB each) from one loopback server
 (all bodies rendered before timing starts, so the server only copies bytes), resize to 256 px
-keep_ratio, re-encode JPEG and write webdataset shards, with two worker processes. Times are
-wall-clock of the whole command, start-up included. Prints images/s and the ratios.
+keep_ratio, re-encode JPEG and write webdataset shards: img2dataset with two worker processes,
+altsieve with its defaults (the local runner with a worker process per core, partitions sized from
+the input; no tuning flag). Times are wall-clock of the whole command, start-up included. Prints
+images/s and the ratios.
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ from pathlib import Path
 from altsieve.testcorpus.generator import generate_corpus
 from altsieve.testcorpus.server import CorpusServer
 
-BIN = Path(sys.executable).parent
-
 
 def img2dataset_command(input_path: str, output: str, size: int, mode: str) -> list[str]:
     return [
-        str(BIN / "img2dataset"), "--url_list", input_path, "--input_format", "parquet",
+        sys.executable, "-c", "import sys; from img2dataset import main; sys.exit(main())",
+        "--url_list", input_path, "--input_format", "parquet",
         "--url_col", "url", "--caption_col", "caption", "--output_format", "webdataset",
         "--output_folder", output, "--processes_count", "2", "--thread_count", "32",
         "--image_size", str(size), "--resize_mode", mode, "--number_sample_per_shard", "1000",
@@ -35,12 +36,11 @@ def img2dataset_command(input_path: str, output: str, size: int, mode: str) -> l
     ]
 
 
-def altsieve_command(command: str, input_path: str, output: str, size: int, mode: str, rows: int) -> list[str]:
+def altsieve_command(command: str, input_path: str, output: str, size: int, mode: str) -> list[str]:
     return [
-        str(BIN / "altsieve"), command, input_path, "--output", output, "--recipe", "default",
-        "--image-size", str(size), "--resize-mode", mode, "--rows-per-partition", str(rows),
-        "--samples-per-shard", "1000", "--allow-private-addresses", "127.0.0.1/32", "--retries", "0",
-        "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+        sys.executable, "-m", "altsieve.pipeline.cli", command, input_path, "--output", output, "--recipe", "default",
+        "--image-size", str(size), "--resize-mode", mode, "--samples-per-shard", "1000",
+        "--allow-private-addresses", "127.0.0.1/32",
     ]
 
 
@@ -68,7 +68,6 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--resize-mode", default="keep_ratio")
-    parser.add_argument("--rows-per-partition", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
 
@@ -92,8 +91,7 @@ def main() -> None:
                 for label, command, final in (("altsieve ingest", "ingest", False),
                                               ("altsieve run (3 passes)", "run", True)):
                     out = work / f"{command}-{repeat}"
-                    seconds = timed(altsieve_command(command, input_path, str(out), args.size, args.resize_mode,
-                                                     args.rows_per_partition))
+                    seconds = timed(altsieve_command(command, input_path, str(out), args.size, args.resize_mode))
                     results[label].append(count_altsieve(str(out), final) / seconds)
                 print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in results.items()), flush=True)
     finally:

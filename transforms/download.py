@@ -71,10 +71,12 @@ class _DownloadPartitions(beam.DoFn):
                 yield record
                 continue
             while window.full:
-                yield self._finish(*window.take())
+                for ready in window.take_ready():  # a batch: the slots it frees are refilled at once
+                    yield self._finish(*ready)
             window.submit(record, record["url"])
         # No wait for this partition's tail: the next partition's requests go out now, and what is in
         # flight leaves while later partitions fill the window, or in finish_bundle.
+        window.flush()
 
     def finish_bundle(self) -> Iterator[Any]:
         window = self._window
