@@ -235,8 +235,9 @@ def _print_summary(output: str, stats: dict | None = None, config: Config | None
 DESCRIPTION = ("altsieve: noisy web image/alt-text pairs -> clean training shards (webdataset tars + Parquet), "
                "with a reason code for every pair it drops. Each pass is an Apache Beam pipeline.")
 BEAM_NOTE = """\
-Any other flag goes to Apache Beam unchanged: --runner (default: the DirectRunner), --direct_num_workers,
---direct_running_mode, --project, --region, --temp_location ...; one that Beam does not know either is an error."""
+Any other flag goes to Apache Beam unchanged: --runner (default: Beam's local FnApiRunner, a worker process per
+core), --direct_num_workers, --direct_running_mode, --project, --region, --temp_location ...; one that Beam does
+not know either is an error."""
 
 EXAMPLES = {
     "altsieve": """\
@@ -252,7 +253,8 @@ examples:
   altsieve run urls.parquet -o out/
   altsieve run 'lists/*.csv.gz' -o out/ --url-col URL --caption-col TEXT --save-additional-columns license
   altsieve run urls.parquet -o out/ --recipe datacomp-basic --output-format parquet
-  altsieve run urls.parquet -o out/ --direct_running_mode multi_processing --direct_num_workers 2
+  altsieve run urls.parquet -o out/ --direct_num_workers 4          the local runner, 4 worker processes
+  altsieve run urls.parquet -o out/ --runner PrismRunner            any Beam runner, when named
   altsieve run 'gs://bucket/lists/*.parquet' -o gs://bucket/out --runner DataflowRunner --project P --region R
   altsieve run crawl/*.warc.gz -o out/                WARC/WAT inputs are extracted first""",
     "ingest": """\
@@ -358,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    # Beam's optional-dependency warnings (apitools, bigquery) are noise to a user of the DirectRunner.
+    # Beam's optional-dependency warnings (apitools, bigquery) are noise to a user of the local runner.
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("altsieve").setLevel(logging.INFO)
