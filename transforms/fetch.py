@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import dataclasses
 import email.utils
 import functools
 import logging
@@ -61,7 +62,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -352,11 +353,6 @@ class FetchStats:
     tdmrep_fetches: int = 0
     dns_lookups: int = 0
     breaker_trips: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, int]:
-        return {"robots_fetches": self.robots_fetches, "tdmrep_fetches": self.tdmrep_fetches,
-                "dns_lookups": self.dns_lookups, "breaker_trips": self.breaker_trips}
 
 
 class Fetcher:
@@ -383,7 +379,10 @@ class Fetcher:
 
     def stats(self) -> dict[str, int]:
         """Counts so far: robots.txt and tdmrep.json fetches, DNS queries sent, circuit-breaker trips."""
-        return self._stats.as_dict()
+        dns = getattr(self, "_dns", None)
+        if dns is not None:
+            self._stats.dns_lookups = dns.lookups
+        return dataclasses.asdict(self._stats)
 
     # ---- public API ------------------------------------------------------------------------------------
 
@@ -495,7 +494,6 @@ class Fetcher:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._stats.dns_lookups = self._dns.lookups
         await self._session.close()
 
     # ---- one URL ---------------------------------------------------------------------------------------
@@ -542,9 +540,6 @@ class Fetcher:
                 url, final_url, status, None, None, reasons.DOWNLOAD_UNEXPECTED_ERROR,
                 f"unexpected error: {type(exc).__name__}: {exc}"[:200], attempts, time.monotonic() - start,
             )  # fmt: skip
-        finally:
-            self._stats.dns_lookups = self._dns.lookups
-            self._stats.breaker_trips = self._hosts.trips()
 
     def _retry_in_line(self, failure: _Failure) -> bool:
         if not failure.retryable:
@@ -605,6 +600,7 @@ class Fetcher:
                 if failure.status is not None:  # an HTTP answer, even an error, says the host is up
                     host.record(failed=False, started=started)
                 elif failure.reason in _HOST_FAILURE_REASONS and host.record(failed=True, started=started):
+                    self._stats.breaker_trips += 1
                     logger.info("host %s: %d failures in a row, failing its URLs for %.0f s", target.host,
                                 self._config.breaker_failures, self._config.breaker_cooldown_s)
                 if failure.reason == reasons.DOWNLOAD_RATE_LIMITED or (

@@ -43,7 +43,6 @@ class HostState:
         self.failures = 0  # consecutive timeouts / connection failures
         self.last_success = float("-inf")
         self.open_until = 0.0
-        self.trips = 0
 
     def breaker_open(self) -> bool:
         return self._clock() < self.open_until
@@ -61,7 +60,6 @@ class HostState:
             self.open_until = self._clock() + self._limits.breaker_cooldown_s
             # Why not reset to 0: after the cooldown one more failure is enough to open it again.
             self.failures = self._limits.breaker_failures - 1
-            self.trips += 1
             return True
         return False
 
@@ -122,6 +120,3 @@ class Hosts:
             # A host in use, paused or with its breaker open keeps its state: forgetting it would undo the pause.
             if state.users == 0 and not state.breaker_open() and state.paused_until <= self._clock():
                 del self._states[name]
-
-    def trips(self) -> int:
-        return sum(state.trips for state in self._states.values())
