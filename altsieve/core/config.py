@@ -72,9 +72,10 @@ class DownloadConfig(_Section):
     max_bytes: int = Field(20_000_000, gt=0)
     # Requests in flight per worker process (the fetch window, kept full across partitions).
     concurrency: int = Field(256, ge=1)
-    # Per host, per worker process: connections at once, and a token-bucket request rate (None: no limit).
+    # Per host, per worker process: connections at once, and a token-bucket request rate. None: no rate limit, the
+    # connection cap and the 429 / Retry-After pauses are the politeness (a 50/s default halved a one-host run).
     per_host_concurrency: int = Field(16, ge=1)
-    per_host_requests_per_s: float | None = Field(50.0, gt=0)
+    per_host_requests_per_s: float | None = Field(None, gt=0)
     per_host_burst: int = Field(10, ge=1)
     # Circuit breaker: after this many timeouts or connection failures in a row, a host's URLs fail fast
     # (download_host_unavailable, retried by --retry-failed) for breaker_cooldown_s.
