@@ -739,7 +739,7 @@ class Fetcher:
                 async with self._session.get(URL(target.url, encoded=True), allow_redirects=False,
                                              trace_request_ctx=phase) as resp:
                     phase.sent()  # a reused connection may skip the signal on some aiohttp paths
-                    response_deadline = timer.when()
+                    response_deadline = timer.when() if hasattr(timer, "when") else timer.deadline
 
                     def next_read() -> None:  # the body must keep coming: a gap of idle_timeout_s is a stall
                         timer.reschedule(min(response_deadline, loop.time() + cfg.idle_timeout_s))
