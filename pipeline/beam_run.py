@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import sys
 import threading
 import time
@@ -186,7 +187,12 @@ def run_pipeline(build: Callable[[beam.Pipeline], None], beam_args: list[str], r
     ``rows`` / ``rows_per_worker``: the pass's size and the least work worth a local worker process.
     """
     pipeline = make_pipeline(beam_args, local_workers(beam_args, rows, rows_per_worker))
-    build(pipeline)
+    try:
+        build(pipeline)
+    except BaseException:
+        # Beam makes the pipeline's temp folder when the pipeline is made and removes it only in run().
+        shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+        raise
     result = pipeline.run()
     result.wait_until_finish()
     return collect_metrics(result)

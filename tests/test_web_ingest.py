@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -105,6 +106,8 @@ def test_plain_run_uses_the_local_runner_on_every_core(monkeypatch: pytest.Monke
     single = beam_run.make_pipeline([], workers=1)
     assert isinstance(single.runner, FnApiRunner)
     assert single.options.view_as(DirectOptions).direct_running_mode == "in_memory"
+    for made in (pipeline, single):  # never run: Beam removes a pipeline's temp folder only in run()
+        shutil.rmtree(made.local_tempdir)
     # A runner the user names is the one used, with their options untouched.
     named = beam_run.pipeline_options(["--runner=PrismRunner", "--direct_num_workers=3"])
     assert named.view_as(StandardOptions).runner == "PrismRunner"
