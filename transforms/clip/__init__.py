@@ -8,6 +8,7 @@ embeddings without running the stage, and WriteShards writes embeddings without 
   weights) and ``ClipScorer``, which embeds images and texts.
 - ``store``: the model's identity and the embeddings on disk, beside each candidate shard.
 - ``stage``: the Beam stage ``ClipScore``, on Beam's RunInference (see its docstring).
+- ``inference``: its ``ModelHandler``, apart because Beam's RunInference module imports torch.
 
 The CLIP rules (thresholds, NSFW and watermark drops) are ``PairRule``s in ``altsieve/filters/clip.py``.
 """

@@ -1,14 +1,14 @@
 """The Beam stage ClipScore, on Beam's RunInference: every kept pair scored, tagged, judged by the CLIP rules.
 
-``ClipScore`` is ``RunInference`` with ``ClipModelHandler``: Beam loads the models once per worker
-process and shares them between its threads (``load_model``, behind RunInference's ``Shared``), and
-``run_inference`` scores a batch of records. The batches are cut by the ingest's rule for model
-stages (transforms/batching.py): ``clip.batch_size`` pairs to score, or fewer when a partition is
-complete, so that WriteShards writes each partition as soon as its last pair is scored (a killed run
-loses only the partitions in flight). RunInference's own batching (``BatchElements``) cannot cut a
-batch there: it emits one only when full or at the bundle's end, so a finished partition would wait
-for up to ``clip.batch_size - 1`` pairs of the next ones. So ``PartitionBatchesFor`` cuts the
-batches, and RunInference runs ``with_no_batching()``.
+``ClipScore`` is ``RunInference`` with ``ClipModelHandler`` (transforms/clip/inference.py): Beam loads
+the models once per worker process and shares them between its threads (``load_model``, behind
+RunInference's ``Shared``), and ``run_inference`` scores a batch of records. The batches are cut by
+the ingest's rule for model stages (transforms/batching.py): ``clip.batch_size`` pairs to score, or
+fewer when a partition is complete, so that WriteShards writes each partition as soon as its last
+pair is scored (a killed run loses only the partitions in flight). RunInference's own batching
+(``BatchElements``) cannot cut a batch there: it emits one only when full or at the bundle's end,
+so a finished partition would wait for up to ``clip.batch_size - 1`` pairs of the next ones. So
+``PartitionBatchesFor`` cuts the batches, and RunInference runs ``with_no_batching()``.
 
 WriteShards writes a partition when all its records arrived in one bundle: nothing between Download
 and WriteShards may move a record to another bundle. The batching DoFn buffers within the bundle
@@ -30,23 +30,19 @@ against 11.9 (x0.99, ranges 10.2-13.2 and 8.7-15.2), no overhead the machine's n
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from altsieve.core import reasons
 from altsieve.core.config import bucket_of
 from altsieve.core.layout import Column
 from altsieve.filters.base import RuleSet
 from altsieve.transforms.batching import PartitionBatchesFor
-from altsieve.transforms.clip.model import ClipModelError, ClipScorer, ClipSpec, spec_of
+from altsieve.transforms.clip.model import ClipScorer, ClipSpec, spec_of
 from altsieve.transforms.clip.store import IMAGE_EMBEDDING_FIELD, TEXT_EMBEDDING_FIELD
-from altsieve.transforms.metrics import count_drops
 from altsieve.transforms.thumbnails import set_aside
 
 if TYPE_CHECKING:
@@ -123,50 +119,6 @@ def to_score(record: Mapping[str, Any]) -> bool:
     return record.get("reason") is None and record.get("image") is not None
 
 
-class ClipModelHandler(ModelHandler[dict, dict, ClipModels]):
-    """RunInference's view of ClipScore: load the models (and check their weights), score a batch of records."""
-
-    def __init__(self, config: Config, expected_sha256: str | None = None) -> None:
-        super().__init__()
-        self._config, self._expected = config, expected_sha256
-        self._rules: RuleSet | None = None  # built on the worker; one per DoFn instance, so its counts are its own
-        self._scored = Metrics.counter("altsieve", "clip_pairs_scored")
-        self._batches = Metrics.counter("altsieve", "clip_batches")
-
-    def load_model(self) -> ClipModels:
-        clip = self._config.clip
-        if clip.num_threads:
-            import torch
-
-            torch.set_num_threads(clip.num_threads)
-        models = ClipModels(clip)
-        sha = models.main.identity["weights_sha256"]
-        if self._expected is not None and sha != self._expected:
-            raise ClipModelError(
-                f"this worker loaded other weights for {clip.model} from {clip.pretrained!r} "
-                f"(sha256 {sha[:12]}) than the launcher did ({self._expected[:12]}): make the checkpoint the same "
-                "everywhere (a shared path such as gs://...)"
-            )
-        return models
-
-    def run_inference(self, batch: Sequence[dict[str, Any]], model: ClipModels,
-                      inference_args: dict[str, Any] | None = None) -> Iterable[dict[str, Any]]:
-        """The batch's records, the scored ones with their scores, tags, embeddings or drop reason."""
-        if self._rules is None:
-            self._rules = RuleSet.for_stages(self._config, reasons.CLIP)
-        pairs = [record for record in batch if to_score(record)]
-        if pairs:
-            score_records(model, self._config.clip, self._config.language, pairs, self._rules)
-            self._scored.inc(len(pairs))
-            self._batches.inc()
-            count_drops(self._rules)
-        return batch
-
-    def get_num_bytes(self, batch: Sequence[dict[str, Any]]) -> int:
-        """The image bytes a batch holds after scoring (the default pickles the whole batch to measure it)."""
-        return sum(len(record.get("image") or b"") for record in batch)
-
-
 class ClipScore(beam.PTransform):
     """``PCollection[record]`` -> the same records, each kept pair with ``clip_score``, tags and embeddings."""
 
@@ -177,6 +129,9 @@ class ClipScore(beam.PTransform):
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         if not self._config.clip.enabled:
             return records
+        # Beam's RunInference module imports torch (2.4 s): only a run that scores pays for it.
+        from altsieve.transforms.clip.inference import ClipModelHandler, RunInference
+
         handler = ClipModelHandler(self._config, self._expected).with_no_batching()
         return (
             records
