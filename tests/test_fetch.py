@@ -26,7 +26,7 @@ import pytest
 from altsieve.core import reasons
 from altsieve.core.config import DownloadConfig
 from altsieve.transforms.addresses import blocked_reason, is_blocked_address, parse_networks
-from altsieve.transforms.fetch import Fetcher, parse_retry_after
+from altsieve.transforms.fetch import Fetcher, FetchWindow, parse_retry_after
 from altsieve.transforms.optout import robots_optout
 
 IMAGE = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -742,6 +742,42 @@ def test_fetch_many_consumes_input_lazily(base: str) -> None:
     assert all(r.reason is None for _, r in first)
     assert pulled <= 4 + 5
     stream.close()  # type: ignore[attr-defined]
+    fetcher.close()
+
+
+def _submit_until_full(window: FetchWindow[int], url: str, limit: int = 50, settle_s: float = 1.0) -> int:
+    """Submit without taking until the window stays full for ``settle_s`` (its fetches done); the count submitted."""
+    submitted = 0
+    while submitted < limit:
+        deadline = time.monotonic() + settle_s
+        while window.full and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if window.full:
+            return submitted
+        window.submit(submitted, url)
+        window.flush()
+        submitted += 1
+    return submitted
+
+
+def test_window_runs_ahead_of_a_slow_consumer(base: str) -> None:
+    """Finished results wait outside the running slots, up to the run-ahead bound, so a slow decoder does not
+    idle the network; without run-ahead a finished result holds its slot until taken."""
+    fetcher = _fetcher(concurrency=2)
+    ahead: FetchWindow[int] = FetchWindow(fetcher, run_ahead_bytes=10**9, run_ahead_results=5)
+    # Full once five finished results wait: so at least five submitted, and at most one more while two ran.
+    submitted = _submit_until_full(ahead, f"{base}/ok")
+    assert 5 <= submitted <= 6
+    taken = [ahead.take() for _ in range(submitted)]
+    assert sorted(key for key, _ in taken) == list(range(submitted)) and all(r.ok for _, r in taken)
+    assert ahead.take() is None
+
+    by_bytes: FetchWindow[int] = FetchWindow(fetcher, run_ahead_bytes=1, run_ahead_results=100)
+    assert _submit_until_full(by_bytes, f"{base}/ok") == 2  # one finished body is over a 1-byte bound
+    plain: FetchWindow[int] = FetchWindow(fetcher)
+    assert _submit_until_full(plain, f"{base}/ok") == 2
+    for window in (by_bytes, plain):
+        assert all(window.take()[1].ok for _ in range(2))
     fetcher.close()
 
 

@@ -58,7 +58,10 @@ class _DownloadPartitions(beam.DoFn):
         previous = getattr(self, "_window", None)
         if previous is not None:  # a failed bundle's fetches: nobody will take their results
             previous.cancel()
-        self._window: FetchWindow[dict[str, Any]] = FetchWindow(self._fetcher)
+        config = self._config
+        run_ahead = config.run_ahead_mib * 2**20
+        self._window: FetchWindow[dict[str, Any]] = FetchWindow(
+            self._fetcher, run_ahead_bytes=run_ahead, run_ahead_results=16 * config.concurrency if run_ahead else 0)
 
     def process(self, partition: Partition) -> Iterator[dict[str, Any]]:
         window = self._window
@@ -71,8 +74,8 @@ class _DownloadPartitions(beam.DoFn):
                 yield record
                 continue
             while window.full:
-                for ready in window.take_ready():  # a batch: the slots it frees are refilled at once
-                    yield self._finish(*ready)
+                # One at a time: a request that ends while this one is decoded frees a slot to refill at once.
+                yield self._finish(*window.take())
             window.submit(record, record["url"])
         # No wait for this partition's tail: the next partition's requests go out now, and what is in
         # flight leaves while later partitions fill the window, or in finish_bundle.

@@ -72,6 +72,10 @@ class DownloadConfig(_Section):
     max_bytes: int = Field(20_000_000, gt=0)
     # Requests in flight per worker process (the fetch window, kept full across partitions).
     concurrency: int = Field(256, ge=1)
+    # Fetched bodies a worker may hold while its decoding catches up (and at most 16 x concurrency results), so that
+    # `concurrency` requests keep running when the CPU is the bottleneck; 0: a fetched result holds its slot until
+    # decoded. On bench/bench_web.py it took 6 s of stalled tail off a 24 s ingest.
+    run_ahead_mib: int = Field(128, ge=0)
     # Per host, per worker process: connections at once, and a token-bucket request rate. None: no rate limit, the
     # connection cap and the 429 / Retry-After pauses are the politeness (a 50/s default halved a one-host run).
     per_host_concurrency: int = Field(16, ge=1)
