@@ -904,7 +904,7 @@ class FetchWindow(Generic[T]):
     so the window is ``capacity`` fetches in flight or waiting. The Download stage gives it room:
     when decoding is the bottleneck the finished bodies queue there while ``capacity`` requests keep
     running, so the slow tail (stalls that end only at ``idle_timeout_s``) is fetched while the CPU
-    decodes, not after it (on bench/bench_web.py the last 6 s of a 24 s ingest were that tail).
+    decodes, not after it (measured in core/config.py beside ``run_ahead_mib``).
 
     Submissions are handed to the fetcher in batches (when a take would wait, at ``flush``, or every
     64), so that one wake-up of its loop starts many requests. Not thread-safe: one thread submits and
