@@ -218,6 +218,19 @@ def test_cli_truncated_gzip_found_inside_the_pipeline(capsys, tmp_path) -> None:
     assert "(in step ReadPartitions/Plan)" in line
 
 
+def test_an_error_met_in_worker_processes_is_one_line_on_the_terminal(tmp_path) -> None:
+    """Worker processes print nothing of a failed bundle (capsys above sees only the launcher's stderr)."""
+    path = tmp_path / "t.csv.gz"
+    path.write_bytes(truncated_gzip("url,caption\n" + MANY))
+    command = [sys.executable, "-m", "altsieve.pipeline.cli", "ingest", str(path), "-o", str(tmp_path / "o"),
+               "--direct_num_workers=2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "ERROR" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "altsieve: error:" in line]
+    assert len(errors) == 1 and "t.csv.gz: the compressed stream is truncated" in errors[0]
+
+
 def test_cli_bad_option_values(capsys, good_csv, tmp_path) -> None:
     # A config error is one line per problem, each naming the field.
     assert main(["ingest", good_csv, "-o", str(tmp_path / "o"), "--encoding", "klingon"]) == 2
