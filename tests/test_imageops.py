@@ -19,6 +19,7 @@ from PIL import Image, ImageOps, JpegImagePlugin
 
 from altsieve.core import reasons
 from altsieve.core.config import ImageConfig
+from altsieve.transforms import imageops
 from altsieve.transforms.imageops import (
     ImageDecodeError,
     ProcessedImage,
@@ -186,6 +187,28 @@ def test_exif_orientation_matches_exif_transpose(orientation: int) -> None:
     expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
     assert np.array_equal(decode(ours.data), expected)
     assert (ours.original_width, ours.original_height) == (expected.shape[1], expected.shape[0])
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+@pytest.mark.parametrize("alpha", [False, True])
+def test_still_webp_decoded_by_opencv_is_what_pillow_decodes(orientation: int, alpha: bool) -> None:
+    """Still WebPs take OpenCV's decoder (a third of Pillow's memory): the same pixels, EXIF orientation, alpha."""
+    arr = photo(60, 40, seed=orientation)
+    im = Image.fromarray(np.dstack([arr, np.tile(np.linspace(0, 255, 60, dtype=np.uint8), (40, 1))]) if alpha else arr)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    data = encode(im, "WEBP", lossless=True, exif=exif.tobytes())
+    ours = process_image(data, ImageConfig(resize_mode="no", encode_format="png"))
+    reference = Image.open(io.BytesIO(data))
+    reference.load()  # Pillow's own decode, then the same composite on white and transpose
+    flat = Image.new("RGB", reference.size, (255, 255, 255))
+    flat.paste(reference, mask=reference.getchannel("A") if alpha else None)
+    flat.info["exif"] = reference.info.get("exif", b"")
+    expected = np.asarray(ImageOps.exif_transpose(flat))
+    assert np.array_equal(decode(ours.data), expected)
+    assert json.loads(ours.exif or "{}").get("Image Orientation") == str(orientation)
+    header = Image.open(io.BytesIO(data))
+    assert imageops._webp_pixels(data, header) is not header  # OpenCV decoded it, not the Pillow fallback
 
 
 def test_exif_orientation_6_swaps_dims() -> None:

@@ -432,6 +432,27 @@ def _flatten(im: Image.Image, background: tuple[int, int, int],
     return im.convert("RGB")
 
 
+def _webp_pixels(data: bytes, header: Image.Image) -> Image.Image:
+    """A still WebP's pixels decoded by OpenCV's libwebp into one buffer, as a Pillow image over it (no copy).
+
+    Why not Pillow: it decodes WebP through libwebp's animation decoder, which holds the frame several times
+    over: an 8000x8000 WebP peaked at 980 MiB in 2.2 s, against 433 MiB in 1.3 s here (bench/bench_image_memory.py).
+    A file OpenCV cannot decode goes to Pillow, whose error says what is wrong with it.
+    """
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if arr is None or arr.ndim != 3 or arr.shape[2] not in (3, 4) or (arr.shape[1], arr.shape[0]) != header.size:
+        header.load()
+        return header
+    if arr.shape[2] == 4 and header.mode == "RGBA":
+        cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA, dst=arr)
+        mode = "RGBA"
+    else:
+        arr = np.ascontiguousarray(arr[:, :, :3]) if arr.shape[2] == 4 else arr
+        cv2.cvtColor(arr, cv2.COLOR_BGR2RGB, dst=arr)
+        mode = "RGB"
+    return Image.frombuffer(mode, header.size, arr, "raw", mode, 0, 1)
+
+
 def _reducible(block: Image.Image) -> Image.Image:
     """A block in a mode Pillow's reduce averages correctly: colour for palettes, premultiplied alpha."""
     mode = block.mode
@@ -606,7 +627,10 @@ def _process(data: bytes, options: ImageConfig, keep_content: bool = False) -> P
     # Only a JPEG benefits from knowing the target before the pixels are decoded (draft); load the others now so that
     # a decode error is raised here and not swallowed by the EXIF guard below (PNG's getexif loads the pixels).
     draftable = fmt in ("JPEG", "MPO")
-    if not draftable:
+    header = im  # what Image.open read (EXIF included); the pixels may come from another decoder
+    if fmt == "WEBP" and not getattr(im, "is_animated", False):
+        im = _webp_pixels(data, im)
+    elif not draftable:
         im.load()  # an animated image stays on its first frame, where Image.open put it
         if im.size != (stored_w, stored_h):  # a format whose pixels come with another size than its header's
             width, height = im.size
@@ -618,7 +642,7 @@ def _process(data: bytes, options: ImageConfig, keep_content: bool = False) -> P
     # Orientation before the draft: it decides which way the target box lies.
     exif: Image.Exif | None
     try:
-        exif = im.getexif()
+        exif = header.getexif()
         orientation = exif.get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a malformed EXIF block loses the metadata, not the image
         exif, orientation = None, 1
