@@ -8,11 +8,13 @@ that). Any ``--runner`` (PrismRunner, PortableRunner, FlinkRunner, DataflowRunne
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shlex
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -80,6 +82,41 @@ def pipeline_options(beam_args: list[str], workers: int | None = None) -> Pipeli
 
 def make_pipeline(beam_args: list[str], workers: int | None = None) -> beam.Pipeline:
     """A pipeline on the runner ``beam_args`` name, or on the local FnApiRunner (see the module's docstring)."""
+    remove_dead_runs_temp_folders()
+    return _with_own_temp_folder(_make_pipeline(beam_args, workers))
+
+
+# Beam makes a temp folder per pipeline (``beam-pipeline-temp*``) and removes it at the end of run(): a killed
+# run leaves it behind, and nothing tells whose it was. Ours carry the launcher's pid, so the next run removes
+# those of processes that are gone.
+_TEMP_PREFIX = "altsieve-beam-"
+
+
+def _with_own_temp_folder(pipeline: beam.Pipeline) -> beam.Pipeline:
+    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
+    pipeline.local_tempdir = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-")
+    return pipeline
+
+
+def remove_dead_runs_temp_folders() -> None:
+    """The Beam temp folders of altsieve processes that no longer run (killed ones: the others remove their own)."""
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{_TEMP_PREFIX}*-*")):
+        pid = os.path.basename(path)[len(_TEMP_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _make_pipeline(beam_args: list[str], workers: int | None) -> beam.Pipeline:
     options = pipeline_options(beam_args, workers)
     if options.view_as(StandardOptions).runner is not None:
         return beam.Pipeline(options=options)

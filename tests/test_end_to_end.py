@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -285,6 +286,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(served, in_memory_run, tm
     # The finished partitions were not redone, and no temporary file is left behind.
     assert {p.name: p.stat().st_mtime_ns for p in markers.glob("*.done") if p.name in done_before} == done_before
     assert not list(output.rglob(".tmp-*"))
+    assert not list(Path(tempfile.gettempdir()).glob(f"altsieve-beam-{process.pid}-*"))  # the killed run's Beam folder
     assert final_keys(str(output)) == final_keys(reference)
 
 

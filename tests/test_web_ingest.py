@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -112,6 +113,22 @@ def test_plain_run_uses_the_local_runner_on_every_core(monkeypatch: pytest.Monke
     named = beam_run.pipeline_options(["--runner=PrismRunner", "--direct_num_workers=3"])
     assert named.view_as(StandardOptions).runner == "PrismRunner"
     assert named.view_as(DirectOptions).direct_num_workers == 3
+
+
+def test_a_killed_runs_beam_temp_folder_is_removed_by_the_next_run(tmp_path: Path, monkeypatch) -> None:
+    """Beam removes its per-pipeline temp folder only at the end of run(); ours name the launcher's pid."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"altsieve-beam-{gone.pid}-x1"
+    live = tmp_path / f"altsieve-beam-{os.getpid()}-x2"
+    for folder in (dead, live):
+        folder.mkdir()
+    pipeline = beam_run.make_pipeline([], workers=1)
+    assert not dead.exists() and live.exists()  # a running process's folder is its own to remove
+    assert Path(pipeline.local_tempdir).parent == tmp_path
+    assert Path(pipeline.local_tempdir).name.startswith(f"altsieve-beam-{os.getpid()}-")
+    shutil.rmtree(pipeline.local_tempdir)
 
 
 def test_partition_size_spreads_a_few_thousand_rows_over_all_workers(tmp_path: Path) -> None:
