@@ -871,16 +871,16 @@ class _Planner:
         return self._near_dup(pair_id, "near_dup_overlay", transform=f"overlay:{self.rng.randrange(4)}")
 
     def text_overlay(self, pair_id: int) -> CorpusPair:
-        spec = random_scene(self.rng)
-        recipe = self._recipe(spec, decoration="text")
-        pair = self._image_pair(pair_id, "text_overlay", recipe, caption_for(spec, "en", self.rng))
-        self.plans[pair.path] = _image_plan(recipe)
-        return pair
+        return self._decorated(pair_id, "text_overlay", "text")
 
     def face(self, pair_id: int) -> CorpusPair:
+        return self._decorated(pair_id, "face", "face")
+
+    def _decorated(self, pair_id: int, label: str, decoration: str) -> CorpusPair:
+        """A random scene with ``decoration`` drawn on it (see ImageRecipe.decoration)."""
         spec = random_scene(self.rng)
-        recipe = self._recipe(spec, decoration="face")
-        pair = self._image_pair(pair_id, "face", recipe, caption_for(spec, "en", self.rng))
+        recipe = self._recipe(spec, decoration=decoration)
+        pair = self._image_pair(pair_id, label, recipe, caption_for(spec, "en", self.rng))
         self.plans[pair.path] = _image_plan(recipe)
         return pair
 
