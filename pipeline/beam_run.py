@@ -25,6 +25,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from tqdm import tqdm
 
+from altsieve.core import lease
 from altsieve.transforms import progress
 
 log = logging.getLogger("altsieve")
@@ -102,18 +103,8 @@ def remove_dead_runs_temp_folders() -> None:
     """The Beam temp folders of altsieve processes that no longer run (killed ones: the others remove their own)."""
     for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{_TEMP_PREFIX}*-*")):
         pid = os.path.basename(path)[len(_TEMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not lease.pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _make_pipeline(beam_args: list[str], workers: int | None) -> beam.Pipeline:
@@ -132,7 +123,7 @@ def _make_pipeline(beam_args: list[str], workers: int | None) -> beam.Pipeline:
     command = f"{shlex.quote(sys.executable)} -m altsieve.pipeline.beam_worker"
     runner = FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
     direct.direct_running_mode = "in_memory"
-    logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").addFilter(_NotInMemoryWarning())
+    logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").addFilter(_NOT_IN_MEMORY_WARNING)
     return beam.Pipeline(runner=runner, options=options)
 
 
@@ -141,6 +132,9 @@ class _NotInMemoryWarning(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("If direct_num_workers is not equal to 1")
+
+
+_NOT_IN_MEMORY_WARNING = _NotInMemoryWarning()  # one instance: addFilter adds it once however many passes run
 
 
 class Progress:

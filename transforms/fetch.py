@@ -687,20 +687,21 @@ class Fetcher:
     async def _load_origin_file(self, target: _Target, path: str) -> Any:
         if path == optout.ROBOTS_PATH:
             self._stats.robots_fetches += 1
-            content = await self._get_origin_file(target, path, optout.ROBOTS_MAX_BYTES, required=True)
+            content = await self._get_origin_file(target, path, optout.ROBOTS_MAX_BYTES)
             return optout.RobotsRules(content, self._agents)
         self._stats.tdmrep_fetches += 1
         try:
-            content = await self._get_origin_file(target, path, optout.TDMREP_MAX_BYTES, required=False)
+            content = await self._get_origin_file(target, path, optout.TDMREP_MAX_BYTES)
         except _Failure:
             content = None  # an unreachable tdmrep.json declares nothing; the response headers still count
         return optout.TdmRules(content)
 
-    async def _get_origin_file(self, target: _Target, path: str, max_bytes: int, *, required: bool) -> bytes | None:
+    async def _get_origin_file(self, target: _Target, path: str, max_bytes: int) -> bytes | None:
         """The body of ``path`` on the target's origin; None when the file is unavailable (4xx, not there).
 
-        ``required`` (robots.txt, RFC 9309): a server error or 429 makes the file "unreachable", which
-        refuses the origin's URLs for now (a transient reason); network failures do too.
+        A server error, 429 or network failure raises: for robots.txt (RFC 9309) that makes the file
+        "unreachable", which refuses the origin's URLs for now (a transient reason); _load_origin_file
+        reads an unreachable tdmrep.json as declaring nothing.
         """
         name = path.rsplit("/", 1)[-1]
         current = _parse_target(target.at(path))

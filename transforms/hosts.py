@@ -17,6 +17,7 @@ Everything runs on the fetcher's one event loop thread, so no locks.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -26,11 +27,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class HostLimits:
-    concurrency: int = 16
-    requests_per_s: float | None = None  # None: no rate limit
-    burst: int = 1
-    breaker_failures: int = 10
-    breaker_cooldown_s: float = 60.0
+    """The per-host settings of DownloadConfig (its defaults are the only ones)."""
+
+    concurrency: int
+    requests_per_s: float | None  # None: no rate limit
+    burst: int
+    breaker_failures: int
+    breaker_cooldown_s: float
 
 
 class HostState:
@@ -115,7 +118,8 @@ class Hosts:
         return state
 
     def _evict(self) -> None:
-        for name in list(self._states)[: len(self._states) - self._max]:
+        # The oldest few only: a slice of list(self._states) would copy every key for each new host.
+        for name in list(itertools.islice(self._states, len(self._states) - self._max)):
             state = self._states[name]
             # A host in use, paused or with its breaker open keeps its state: forgetting it would undo the pause.
             if state.users == 0 and not state.breaker_open() and state.paused_until <= self._clock():

@@ -47,7 +47,8 @@ def lease_path(output: str) -> str:
     return layout.meta(output, LEASE_NAME)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -70,7 +71,7 @@ def is_stale(holder: dict[str, Any], stale_after_s: float, now: float | None = N
     if now - float(holder.get("heartbeat", 0)) > stale_after_s:
         return True
     # On the holder's own host a dead process is known at once (a killed run is resumed without waiting).
-    return holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1)))
+    return holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", -1)))
 
 
 def check_output_folder(output: str) -> list[str]:
