@@ -37,7 +37,7 @@ from altsieve.core.layout import Column
 from altsieve.filters.base import RuleSet
 from altsieve.transforms import crop_features
 from altsieve.transforms.batching import PartitionBatches
-from altsieve.transforms.decode import PIXELS_FIELD
+from altsieve.transforms.decode import PIXELS_FIELD, needs_pixels
 from altsieve.transforms.imageops import encode
 from altsieve.transforms.metrics import count_drops
 from altsieve.transforms.thumbnails import set_aside
@@ -61,10 +61,6 @@ _MAX_LINE_HEIGHT = 0.25
 # 5 of 90 clean scenes above 0.14 without it). Vertical text (some CJK layouts) is not counted: the project's choice.
 _MIN_LINE_ASPECT = 1.5
 DEFAULT_CASCADE = "haarcascade_frontalface_alt.xml"
-
-
-def enabled(config: Config) -> bool:
-    return config.dedup.crop.enabled or config.content.text.enabled or config.content.faces.enabled
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,6 +275,6 @@ class ImageContent(beam.PTransform):
         self._config = config
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        if not enabled(self._config):
+        if not needs_pixels(self._config):  # the one switch: Decode keeps the pixels exactly then
             return records
         return records | "Measure" >> beam.ParDo(_Content(self._config))
