@@ -562,10 +562,6 @@ def _plan_resize(width: int, height: int, options: ImageConfig) -> tuple[tuple[i
 
 def encode(bgr: np.ndarray, options: ImageConfig) -> bytes:
     """A BGR uint8 image encoded as ``options`` say (format, quality): what the stored image of a record is."""
-    return _encode(bgr, options)
-
-
-def _encode(bgr: np.ndarray, options: ImageConfig) -> bytes:
     if options.encode_format == "jpg":
         params = [cv2.IMWRITE_JPEG_QUALITY, options.encode_quality]
     elif options.encode_format == "webp":
@@ -717,7 +713,7 @@ def _process(data: bytes, options: ImageConfig, keep_content: bool = False) -> P
             exif_json = None
 
     return ProcessedImage(
-        data=_encode(bgr, options),
+        data=encode(bgr, options),
         width=int(bgr.shape[1]),
         height=int(bgr.shape[0]),
         original_width=width,
