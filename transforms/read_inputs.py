@@ -408,11 +408,11 @@ def estimate_rows(source: InputFile) -> tuple[int, bool]:
     if source.fmt == "parquet" and not path.lower().endswith(".gz"):
         with fs.open(path, "rb") as handle:
             return pq.ParquetFile(handle).metadata.num_rows, True
+    if source.fmt == "parquet":  # gzipped Parquet keeps its row count at the end: one partition, it grows
+        return 1, False
     size = fs.size(path)
     with fs.open(path, "rb", block_size=ESTIMATE_SAMPLE_BYTES) as handle:  # one range request on a store
         sample = handle.read(ESTIMATE_SAMPLE_BYTES)
-    if source.fmt == "parquet":  # gzipped Parquet keeps its row count at the end: one partition, it grows
-        return 1, False
     text = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(sample) if path.lower().endswith(".gz") else sample
     exact = len(sample) >= size and not path.lower().endswith(".gz")
     lines = text.count(b"\n") + (0 if text.endswith(b"\n") or not text else 1)
