@@ -11,7 +11,6 @@ alone, the image bytes in a column named after the encode format (img2dataset's 
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 import time
@@ -109,29 +108,19 @@ def sample_json(record: dict[str, Any]) -> bytes:
     return json.dumps(data, ensure_ascii=False).encode("utf-8")
 
 
-def _add_member(tar: tarfile.TarFile, name: str, payload: bytes, mtime: float) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    info.mtime = int(mtime)
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(payload))
-
-
 def write_tar(handle: IO[bytes], records: Iterable[dict[str, Any]], encode_format: str) -> int:
     """Write the samples that have an image; returns how many."""
     extension = EXTENSIONS[encode_format]
     count = 0
-    # A fixed mtime keeps reruns byte-identical.
-    mtime = 0.0
     with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for record in records:
             image = record.get("image")
             if image is None or record.get("reason") is not None:
                 continue
             key = record["key"]
-            _add_member(tar, f"{key}.{extension}", image, mtime)
-            _add_member(tar, f"{key}.txt", (record.get("caption") or "").encode("utf-8"), mtime)
-            _add_member(tar, f"{key}.json", sample_json(record), mtime)
+            fsutil.add_tar_member(tar, f"{key}.{extension}", image)
+            fsutil.add_tar_member(tar, f"{key}.txt", (record.get("caption") or "").encode("utf-8"))
+            fsutil.add_tar_member(tar, f"{key}.json", sample_json(record))
             count += 1
     return count
 

@@ -15,7 +15,6 @@ A pair whose reason is one of ``reasons.NEVER_SHOWN`` (safety-list matches) is n
 from __future__ import annotations
 
 import heapq
-import io
 import json
 import tarfile
 import zlib
@@ -103,11 +102,8 @@ class ThumbnailSample:
         def write_tar(handle: Any) -> None:
             with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 for key, reason, jpeg in members:
-                    for name, payload in ((f"{key}.jpg", jpeg),
-                                          (f"{key}.json", json.dumps({"key": key, "reason": reason}).encode())):
-                        info = tarfile.TarInfo(name)
-                        info.size, info.mode = len(payload), 0o644  # mtime 0: reruns are byte-identical
-                        tar.addfile(info, io.BytesIO(payload))
+                    fsutil.add_tar_member(tar, f"{key}.jpg", jpeg)
+                    fsutil.add_tar_member(tar, f"{key}.json", json.dumps({"key": key, "reason": reason}).encode())
 
         fsutil.write_atomic(path, write_tar)
         return len(members)

@@ -6,7 +6,9 @@ last, so a killed run leaves either the old file or the new one, never half of o
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -80,3 +82,12 @@ def read_json(path: str) -> Any:
 
 def write_text(path: str, text: str) -> None:
     write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes, mtime: int = 0) -> None:
+    """One file in a tar, mode 644; a fixed ``mtime`` keeps a rerun's tar byte-identical."""
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    info.mtime = mtime
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(payload))
