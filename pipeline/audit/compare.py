@@ -13,6 +13,7 @@ Memory: each corpus's keys and outcomes are held as Arrow arrays for the join (a
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import fsspec
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from altsieve.core import fsutil, reasons
+from altsieve.core import fsutil, layout, reasons
 from altsieve.pipeline.audit.aggregate import KEPT
 from altsieve.pipeline.audit.command import Audited, build, write_report
 from altsieve.pipeline.audit.gallery import ImageIds
@@ -109,24 +110,30 @@ def _read_rows(source: Source, ids: list[str], match_on: str) -> dict[str, dict[
                 source.tars.get(parquet) else None
             found[str(row[column])] = row
     if source.kind == KIND_ALTSIEVE:  # the select pass's decision replaces the ingest outcome
-        for row in found.values():
-            decision = _decision(source, row)
-            if decision:
-                row.update({k: v for k, v in decision.items() if k != "key"})
+        _apply_decisions(source, found.values())
     return found
 
 
-def _decision(source: Source, row: dict[str, Any]) -> dict[str, Any] | None:
-    tar = source.shard_of_key(str(row.get("key")))
-    if tar is None:
-        return None
-    partition = tar.rsplit("/", 1)[-1].removesuffix(".tar")
-    path = fsutil.join(source.root, "_decisions", f"{partition}.parquet")
-    if not fsutil.exists(path):
-        return None
-    with fsspec.open(path, "rb") as handle:
-        rows = pq.read_table(handle, filters=[("key", "==", row["key"])]).to_pylist()
-    return rows[0] if rows else None
+def _apply_decisions(source: Source, rows: Iterable[dict[str, Any]]) -> None:
+    """Each row updated with its select-pass decision: one read of each partition's decision file."""
+    by_partition: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        tar = source.shard_of_key(str(row.get("key")))
+        if tar is not None:
+            by_partition.setdefault(tar.rsplit("/", 1)[-1].removesuffix(".tar"), []).append(row)
+    for partition, partition_rows in by_partition.items():
+        path = layout.decision_path(source.root, partition)
+        if not fsutil.exists(path):
+            continue
+        with fsspec.open(path, "rb") as handle:
+            table = pq.read_table(handle, filters=[("key", "in", [row["key"] for row in partition_rows])])
+        decisions: dict[str, dict[str, Any]] = {}
+        for decision in table.to_pylist():
+            decisions.setdefault(decision["key"], decision)
+        for row in partition_rows:
+            decision = decisions.get(row["key"])
+            if decision:
+                row.update({k: v for k, v in decision.items() if k != "key"})
 
 
 def _kept_by_one(joined: pa.Table, keeper: str, other: str, per_reason: int) -> dict[str, list[str]]:
