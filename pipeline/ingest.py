@@ -78,17 +78,6 @@ MIN_AUTO_ROWS = 50
 MAX_AUTO_ROWS = 10_000
 
 
-def _saved_config(output: str) -> dict[str, Any] | None:
-    saved_path = layout.meta(output, "config.yaml")
-    if not fsutil.exists(saved_path):
-        return None
-    import fsspec
-    import yaml
-
-    with fsspec.open(saved_path, "rt", encoding="utf-8") as handle:
-        return yaml.safe_load(handle.read()) or {}
-
-
 def with_partition_size(config: Config, output: str, total_rows: int, workers: int | None) -> Config:
     """``config`` with ``input.rows_per_partition`` decided: the user's, the resumed run's, or sized from the input.
 
@@ -96,7 +85,7 @@ def with_partition_size(config: Config, output: str, total_rows: int, workers: i
     """
     if config.input.rows_per_partition is not None:
         return config
-    saved = (_saved_config(output) or {}).get("input", {}).get("rows_per_partition")
+    saved = (layout.saved_config(output) or {}).get("input", {}).get("rows_per_partition")
     if saved is not None:
         rows = int(saved)
     elif workers is None:  # another runner: its workers are not known here
@@ -112,7 +101,7 @@ def with_partition_size(config: Config, output: str, total_rows: int, workers: i
 def check_config_matches(output: str, config: Config) -> None:
     """A resumed run must use the content settings that made the partitions already written."""
     saved_path = layout.meta(output, "config.yaml")
-    saved = _saved_config(output)
+    saved = layout.saved_config(output)
     if saved is not None:
         current = config.model_dump(mode="json")
         changed = sorted(

@@ -35,6 +35,18 @@ def meta(output: str, name: str) -> str:
     return fsutil.join(output, META_DIR, name)
 
 
+def saved_config(output: str) -> dict | None:
+    """The config a run saved in its output folder (``_altsieve/config.yaml``) as a dict; None when there is none."""
+    path = meta(output, "config.yaml")
+    if not fsutil.exists(path):
+        return None
+    import fsspec
+    import yaml
+
+    with fsspec.open(path, "rt", encoding="utf-8") as handle:
+        return yaml.safe_load(handle.read()) or {}
+
+
 # Beside each candidate shard: thumbnails of a few pairs per reason that were dropped after decode (for the audit).
 THUMBNAILS_SUFFIX = "_thumbs.tar"
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import fsspec
-import yaml
-
 from altsieve.core import fsutil, layout
 from altsieve.pipeline.audit.sources import KIND_ALTSIEVE, KIND_IMG2DATASET, Source
 
@@ -45,13 +42,7 @@ def run_info(source: Source, audited_reasons: dict[str, int], kept: int) -> dict
 
 def run_config(source: Source) -> dict[str, Any] | None:
     """The config the run was made with (``_altsieve/config.yaml``), or None for other tools' outputs."""
-    if source.kind != KIND_ALTSIEVE:
-        return None
-    path = layout.meta(source.root, "config.yaml")
-    if not fsutil.exists(path):
-        return None
-    with fsspec.open(path, "rt", encoding="utf-8") as handle:
-        return yaml.safe_load(handle.read()) or {}
+    return layout.saved_config(source.root) if source.kind == KIND_ALTSIEVE else None
 
 
 def run_thresholds(source: Source, config: dict[str, Any] | None) -> dict[str, list[tuple[float, str]]]:
