@@ -132,6 +132,7 @@ def test_resize_mode_semantics(jpeg_640: bytes) -> None:
 
 
 def test_draft_close_to_full_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pillow's drafted decode (the path of JPEGs that simplejpeg leaves to Pillow) never goes below the target."""
     calls: list[tuple[object, object]] = []
     original = JpegImagePlugin.JpegImageFile.draft
 
@@ -142,23 +143,73 @@ def test_draft_close_to_full_decode(monkeypatch: pytest.MonkeyPatch) -> None:
         return result
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
-    for (w, h), mode, target in [
-        ((640, 480), "border", (256, 192)),  # draft 1/2
-        ((1024, 768), "keep_ratio_largest", (256, 192)),  # draft 1/4 lands exactly on the target
-        ((2100, 1500), "keep_ratio", (358, 256)),  # draft 1/4 then INTER_AREA
-    ]:
+    monkeypatch.setattr(imageops, "_scaled_jpeg", lambda *_: None)
+    for (w, h), mode, target in DRAFT_CASES:
         arr = photo(w, h, seed=w)
         data = encode(arr, "JPEG", quality=90)
         ours = decode(process_image(data, ImageConfig(resize_mode=mode, encode_format="png")).data)
         full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         ref = cv2.resize(full, target, interpolation=cv2.INTER_AREA)
         if mode == "border":
-            ours = ours[32:-32]
+            top, left = (256 - target[1]) // 2, (256 - target[0]) // 2
+            ours = ours[top: top + target[1], left: left + target[0]]
         assert ours.shape[:2] == ref.shape[:2]
         mad = float(np.abs(ours.astype(np.int16) - ref.astype(np.int16)).mean())
         assert mad < 3.0, (w, h, mode, mad)
         assert calls[-1][1] == target
-    assert len(calls) == 3
+    assert len(calls) == len(DRAFT_CASES)
+
+
+DRAFT_CASES = [
+    ((640, 480), "border", (256, 192)),  # draft 1/2
+    ((1024, 768), "keep_ratio_largest", (256, 192)),  # draft 1/4 lands exactly on the target
+    ((2100, 1500), "keep_ratio", (358, 256)),  # draft 1/4 then INTER_AREA
+    ((1025, 769), "border", (256, 192)),  # 1/4 with a last pixel a quarter full: dropped
+    ((1027, 771), "border", (256, 192)),  # 1/4 with a last pixel three quarters full: kept
+    ((300, 260), "border", (256, 222)),  # no scale fits: a full decode
+]
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("grey", [False, True])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_jpeg_decoded_by_simplejpeg_is_what_pillows_draft_gives(monkeypatch: pytest.MonkeyPatch, progressive: bool,
+                                                                 grey: bool, orientation: int) -> None:
+    """JPEGs take simplejpeg's decoder (TurboJPEG, faster than Pillow's load): the very same output bytes."""
+    taken: list[np.ndarray | None] = []
+    scaled = imageops._scaled_jpeg
+
+    def spy(*args: object) -> np.ndarray | None:
+        taken.append(scaled(*args))  # type: ignore[arg-type]
+        return taken[-1]
+
+    monkeypatch.setattr(imageops, "_scaled_jpeg", spy)
+    for (w, h), mode, _ in DRAFT_CASES:
+        im = Image.fromarray(photo(w, h, seed=w + h))
+        im = im.convert("L") if grey else im
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        data = encode(im, "JPEG", quality=90, progressive=progressive, exif=exif.tobytes())
+        options = ImageConfig(resize_mode=mode, encode_format="png")
+        ours = process_image(data, options)
+        with monkeypatch.context() as pillow_only:
+            pillow_only.setattr(imageops, "_scaled_jpeg", lambda *_: None)
+            pillows = process_image(data, options)
+        assert ours.data == pillows.data, (w, h, mode)
+        assert (ours.width, ours.height, ours.phash, ours.exif) == (pillows.width, pillows.height, pillows.phash,
+                                                                    pillows.exif)
+    assert len(taken) == len(DRAFT_CASES) and all(arr is not None for arr in taken)  # none fell back to Pillow
+
+
+def test_jpegs_simplejpeg_does_not_take_go_to_pillow(jpeg_640: bytes) -> None:
+    header = Image.open(io.BytesIO(jpeg_640))
+    assert imageops._scaled_jpeg(jpeg_640, header, (256, 192)) is not None
+    cut = jpeg_640[: int(len(jpeg_640) * 0.6)]
+    assert imageops._scaled_jpeg(cut, Image.open(io.BytesIO(cut)), (256, 192)) is None  # Pillow names it truncated
+    cmyk = encode(Image.fromarray(photo(640, 480)).convert("CMYK"), "JPEG")
+    assert imageops._scaled_jpeg(cmyk, Image.open(io.BytesIO(cmyk)), (256, 192)) is None
+    result = process_image(cmyk, ImageConfig(encode_format="png"))
+    assert (result.width, result.height) == (256, 256)  # Pillow's decode, colours converted from CMYK
 
 
 def test_upscale_and_resize_only_if_bigger() -> None:
