@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from altsieve.core import layout, reasons
+from altsieve.core import fsutil, layout, reasons
 from altsieve.core.config import ConfigError, load_config
 from altsieve.pipeline import cli
 from altsieve.pipeline.demo import demo_config
@@ -286,3 +286,51 @@ def test_progress_counts_pairs_per_partition_as_they_go(tmp_path) -> None:
         progress._poll()
         assert progress._bar.n == 43
     assert not (tmp_path / layout.META_DIR).exists()  # nothing left behind
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The shards' tar writer and reader (core.fsutil, faster than tarfile)
+
+TAR_MEMBERS = [("000000001.jpg", b"\xff\xd8" * 700), ("000000001.txt", "héllo".encode()), ("000000001.json", b"{}"),
+               ("a" * 120 + ".jpg", b"long name"), ("ünïcode.txt", b"u"), ("empty.txt", b"")]
+
+
+def _tarfile_bytes(members: list[tuple[str, bytes]], tar_format: int, directory: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(payload), 0, 0o644
+            tar.addfile(info, io.BytesIO(payload))
+        if directory:
+            info = tarfile.TarInfo("folder")
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def test_tar_writer_writes_the_bytes_tarfile_writes() -> None:
+    buffer = io.BytesIO()
+    with fsutil.TarWriter(buffer) as tar:
+        for name, payload in TAR_MEMBERS:
+            tar.add(name, payload)
+    assert buffer.getvalue() == _tarfile_bytes(TAR_MEMBERS, tarfile.PAX_FORMAT)  # long and non-ASCII names too
+    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue())) as tar:
+        assert [(m.name, tar.extractfile(m).read()) for m in tar] == TAR_MEMBERS  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_tar_reader_reads_what_tarfile_writes(tar_format: int) -> None:
+    members = TAR_MEMBERS if tar_format != tarfile.USTAR_FORMAT else TAR_MEMBERS[:3] + TAR_MEMBERS[4:]
+    data = _tarfile_bytes(members, tar_format, directory=True)
+    assert list(fsutil.iter_tar_files(io.BytesIO(data))) == members  # the folder is no file
+
+
+def test_a_damaged_tar_is_a_read_error_naming_it() -> None:
+    data = _tarfile_bytes(TAR_MEMBERS[:3], tarfile.PAX_FORMAT)
+    with pytest.raises(tarfile.ReadError, match="shard.tar: cut short inside a member"):
+        list(fsutil.iter_tar_files(io.BytesIO(data[:1000]), "shard.tar"))
+    garbled = bytearray(data)
+    garbled[10] ^= 0xFF  # a byte of the first header's name
+    with pytest.raises(tarfile.ReadError, match="shard.tar: bad header checksum"):
+        list(fsutil.iter_tar_files(io.BytesIO(bytes(garbled)), "shard.tar"))

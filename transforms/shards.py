@@ -12,7 +12,6 @@ alone, the image bytes in a column named after the encode format (img2dataset's 
 from __future__ import annotations
 
 import json
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -112,15 +111,15 @@ def write_tar(handle: IO[bytes], records: Iterable[dict[str, Any]], encode_forma
     """Write the samples that have an image; returns how many."""
     extension = EXTENSIONS[encode_format]
     count = 0
-    with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with fsutil.TarWriter(handle) as tar:
         for record in records:
             image = record.get("image")
             if image is None or record.get("reason") is not None:
                 continue
             key = record["key"]
-            fsutil.add_tar_member(tar, f"{key}.{extension}", image)
-            fsutil.add_tar_member(tar, f"{key}.txt", (record.get("caption") or "").encode("utf-8"))
-            fsutil.add_tar_member(tar, f"{key}.json", sample_json(record))
+            tar.add(f"{key}.{extension}", image)
+            tar.add(f"{key}.txt", (record.get("caption") or "").encode("utf-8"))
+            tar.add(f"{key}.json", sample_json(record))
             count += 1
     return count
 
@@ -212,13 +211,11 @@ def read_parquet_rows(path: str, columns: list[str] | None = None) -> list[dict[
 
 def iter_tar_images(path: str, wanted: set[str]) -> Iterator[tuple[str, bytes]]:
     """``(key, image bytes)`` for the wanted keys of a shard tar, streamed."""
-    with fsspec.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-        for member in tar:
-            key, _, extension = member.name.rpartition(".")
+    with fsspec.open(path, "rb") as handle:
+        for name, payload in fsutil.iter_tar_files(handle, path):
+            key, _, extension = name.rpartition(".")
             if key in wanted and extension in EXTENSIONS.values():
-                extracted = tar.extractfile(member)
-                if extracted is not None:
-                    yield key, extracted.read()
+                yield key, payload
 
 
 def rows_to_records(rows: list[dict[str, Any]], extra_columns: list[str]) -> list[dict[str, Any]]:

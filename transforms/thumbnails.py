@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import tarfile
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -100,10 +99,10 @@ class ThumbnailSample:
             return 0
 
         def write_tar(handle: Any) -> None:
-            with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            with fsutil.TarWriter(handle) as tar:
                 for key, reason, jpeg in members:
-                    fsutil.add_tar_member(tar, f"{key}.jpg", jpeg)
-                    fsutil.add_tar_member(tar, f"{key}.json", json.dumps({"key": key, "reason": reason}).encode())
+                    tar.add(f"{key}.jpg", jpeg)
+                    tar.add(f"{key}.json", json.dumps({"key": key, "reason": reason}).encode())
 
         fsutil.write_atomic(path, write_tar)
         return len(members)
@@ -114,14 +113,13 @@ def read_thumbnails(path: str) -> Iterator[tuple[str, str, bytes]]:
     if not fsutil.exists(path):
         return
     pending: dict[str, dict[str, bytes]] = {}
-    with fsspec.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-        for member in tar:
-            key, _, extension = member.name.rpartition(".")
-            extracted = tar.extractfile(member)
-            if extracted is None or extension not in ("jpg", "json"):
+    with fsspec.open(path, "rb") as handle:
+        for name, payload in fsutil.iter_tar_files(handle, path):
+            key, _, extension = name.rpartition(".")
+            if extension not in ("jpg", "json"):
                 continue
             parts = pending.setdefault(key, {})
-            parts[extension] = extracted.read()
+            parts[extension] = payload
             if len(parts) == 2:
                 del pending[key]
                 reason = json.loads(parts["json"])["reason"]

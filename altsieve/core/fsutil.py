@@ -6,7 +6,6 @@ last, so a killed run leaves either the old file or the new one, never half of o
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 import uuid
@@ -84,10 +83,104 @@ def write_text(path: str, text: str) -> None:
     write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
-def add_tar_member(tar: tarfile.TarFile, name: str, payload: bytes, mtime: int = 0) -> None:
-    """One file in a tar, mode 644; a fixed ``mtime`` keeps a rerun's tar byte-identical."""
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    info.mtime = mtime
-    info.mode = 0o644
-    tar.addfile(info, io.BytesIO(payload))
+# Tar members written and read here rather than by tarfile, which spends ~50 us of Python on each: the 13,695
+# members of 4,565 web samples took it 0.75 s to write and 0.68 s to read, against 0.21 s and 0.13 s here, for the
+# same bytes (best of 5, in memory). Only what the shards need: regular files, front to back, uncompressed.
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tarfile and GNU tar pad an archive to whole records of 20 blocks
+
+
+def _ustar_header(name: bytes, size: int, mtime: int) -> bytes:
+    """A regular file's ustar header, mode 644, uid and gid 0: byte for byte what tarfile writes for it."""
+    header = b"".join((
+        name.ljust(100, b"\0"), b"0000644\0", b"0000000\0", b"0000000\0", b"%011o\0" % size, b"%011o\0" % mtime,
+        b"        ", b"0", bytes(100), b"ustar\x0000", bytes(247),  # no owner names or device numbers
+    ))
+    return header[:148] + b"%06o\0 " % sum(header) + header[156:]
+
+
+class TarWriter:
+    """Regular files appended to an uncompressed tar on ``handle``; ``close`` (or the with-block's end) ends it.
+
+    Each file is mode 644 with a fixed ``mtime``, so that a rerun's tar is byte-identical. A name that is not
+    ASCII or is over 100 bytes gets tarfile's PAX header, which carries it whole.
+    """
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self._written = 0
+
+    def add(self, name: str, payload: bytes, mtime: int = 0) -> None:
+        encoded = name.encode("utf-8")
+        if len(encoded) <= 100 and encoded.isascii() and 0 <= mtime < 8**11 and len(payload) < 8**11:
+            header = _ustar_header(encoded, len(payload), mtime)
+        else:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(payload), mtime, 0o644
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        self._write(header)
+        self._write(payload)
+        self._write(bytes(-len(payload) % _BLOCK))
+
+    def close(self) -> None:
+        self._write(bytes(2 * _BLOCK))  # the end-of-archive marker
+        self._write(bytes(-self._written % _RECORD))
+
+    def __enter__(self) -> TarWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:  # a failed write leaves no valid-looking end (write_atomic removes the file anyway)
+            self.close()
+
+    def _write(self, data: bytes) -> None:
+        self._handle.write(data)
+        self._written += len(data)
+
+
+def iter_tar_files(handle: IO[bytes], where: str = "tar") -> Iterator[tuple[str, bytes]]:
+    """``(name, payload)`` of each regular file of an uncompressed tar, read front to back (ustar, PAX, GNU names).
+
+    A damaged archive raises tarfile.ReadError, naming ``where``, as tarfile itself would.
+    """
+    long_name: str | None = None
+    while True:
+        header = handle.read(_BLOCK)
+        if not header.strip(b"\0"):
+            return  # the end-of-archive marker (or an archive that ends at a member boundary, as tarfile accepts)
+        if len(header) < _BLOCK:
+            raise tarfile.ReadError(f"{where}: cut short inside a header")
+        try:
+            checksum = int(header[148:156].strip(b"\0 ") or b"0", 8)
+            size_field = header[124:136]
+            size = (int.from_bytes(size_field[1:], "big") if size_field[0] & 0x80  # base-256 (> 8 GiB)
+                    else int(size_field.strip(b"\0 ") or b"0", 8))
+        except ValueError:
+            raise tarfile.ReadError(f"{where}: not a tar header") from None
+        if checksum != sum(header[:148]) + 256 + sum(header[156:]):
+            raise tarfile.ReadError(f"{where}: bad header checksum")
+        kind = header[156:157]
+        payload = handle.read(size)
+        if len(payload) < size:
+            raise tarfile.ReadError(f"{where}: cut short inside a member")
+        handle.read(-size % _BLOCK)
+        if kind == b"x":  # PAX extended header: "<length> key=value\n" records; the path is the next file's name
+            for record in payload.decode("utf-8", "surrogateescape").split("\n"):
+                key, _, value = record.partition(" ")[2].partition("=")
+                if key == "path":
+                    long_name = value
+            continue
+        if kind == b"L":  # GNU long name
+            long_name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            continue
+        if kind in (b"g", b"K"):  # PAX global header, GNU long link name
+            continue
+        name, long_name = long_name, None
+        if kind not in (b"0", b"\0", b"7"):
+            continue  # directories, links, devices: no file of ours
+        if name is None:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if header[257:262] == b"ustar" and prefix:
+                name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
+        yield name, payload
