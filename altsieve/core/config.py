@@ -61,7 +61,9 @@ class DownloadConfig(_Section):
     connect_timeout_s: float = Field(5.0, gt=0)  # DNS + TCP + TLS
     read_timeout_s: float = Field(10.0, gt=0)  # the whole response, from the request sent to its last byte
     # Once the body has started, no byte for this long is a stall: the request ends then, not at read_timeout_s.
-    idle_timeout_s: float = Field(5.0, gt=0)
+    # 3 s outlasts two lost TCP segments in a row; the last stalls of a run end its ingest, which at 5 s took
+    # 25.3-25.6 s on bench/bench_web.py's web (ingest alone, twice each) and 20.9-23.3 s at 3 s.
+    idle_timeout_s: float = Field(3.0, gt=0)
     # Extra attempts for 5xx, 429 and connection failures; a timeout is left for --retry-failed (retry_timeouts).
     retries: int = Field(2, ge=0, le=10)
     retry_timeouts: bool = False
