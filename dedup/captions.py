@@ -31,7 +31,7 @@ import numpy as np
 
 from altsieve.core import reasons
 from altsieve.dedup.banding import BandedPairs
-from altsieve.dedup.resolve import drops_from_edges
+from altsieve.dedup.resolve import DEFAULT_ROUNDS, drops_from_edges
 from altsieve.filters.corpus import CorpusRule
 
 _SPACES = re.compile(r"\s+")
@@ -138,10 +138,12 @@ class CaptionDuplicateFilter(CorpusRule):
 
     columns = ("key", "partition_id", "caption")
 
-    def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle_size: int = 5) -> None:
+    def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle_size: int = 5,
+                 rounds: int = DEFAULT_ROUNDS) -> None:
         super().__init__()
         self.scheme = MinHashScheme(threshold, num_perm)
         self.shingle_size = shingle_size
+        self.rounds = rounds  # GreedyResolve's (resolve.rounds_for)
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         num_perm, shingle_size, threshold = self.scheme.num_perm, self.shingle_size, self.scheme.threshold
@@ -166,4 +168,4 @@ class CaptionDuplicateFilter(CorpusRule):
             | "Verify" >> beam.FlatMap(_verify_second, num_perm=num_perm, shingle_size=shingle_size,
                                        threshold=threshold)
         )
-        return drops_from_edges(edges, pairs.same, reasons.DUPLICATE_CAPTION)
+        return drops_from_edges(edges, pairs.same, reasons.DUPLICATE_CAPTION, self.rounds)

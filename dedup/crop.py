@@ -33,7 +33,7 @@ import numpy as np
 
 from altsieve.core import reasons
 from altsieve.dedup.embeddings import unit_rows
-from altsieve.dedup.resolve import drops_from_edges
+from altsieve.dedup.resolve import DEFAULT_ROUNDS, drops_from_edges
 from altsieve.dedup.semantic import _BottomK, _ConcatSample, priorities, train_centroids
 from altsieve.filters.corpus import CorpusRule
 from altsieve.transforms import crop_features
@@ -152,10 +152,11 @@ class CropDuplicateFilter(CorpusRule):
     columns = ("key", "partition_id")
 
     def __init__(self, output: str, neighbours: int = 8, votes: int = 4, n_clusters: int = 1000,
-                 sample_size: int = 100_000, seed: int = 0) -> None:
+                 sample_size: int = 100_000, seed: int = 0, rounds: int = DEFAULT_ROUNDS) -> None:
         super().__init__()
         self.output, self.neighbours, self.votes = output, neighbours, votes
         self.n_clusters, self.sample_size, self.seed = n_clusters, sample_size, seed
+        self.rounds = rounds  # GreedyResolve's (resolve.rounds_for)
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         output, seed, sample_size, neighbours = self.output, self.seed, self.sample_size, self.neighbours
@@ -212,4 +213,4 @@ class CropDuplicateFilter(CorpusRule):
             | "VerifiedEdges" >> beam.FlatMap(edges_in_cluster)
         )
         same: Any = rows.pipeline | "NoIdentical" >> beam.Create([])  # identical bytes went to the sha256 rule
-        return drops_from_edges(edges, same, reasons.DUPLICATE_CROP)
+        return drops_from_edges(edges, same, reasons.DUPLICATE_CROP, self.rounds)

@@ -22,7 +22,7 @@ import numpy as np
 
 from altsieve.core import reasons
 from altsieve.dedup.banding import BandedPairs
-from altsieve.dedup.resolve import drops_from_edges
+from altsieve.dedup.resolve import DEFAULT_ROUNDS, drops_from_edges
 from altsieve.filters.corpus import CorpusRule
 from altsieve.filters.hashing import band_layout
 
@@ -95,9 +95,10 @@ class PerceptualDuplicateFilter(CorpusRule):
 
     columns = ("key", "partition_id", "phash")
 
-    def __init__(self, max_distance: int = 4, bands: int | None = None) -> None:
+    def __init__(self, max_distance: int = 4, bands: int | None = None, rounds: int = DEFAULT_ROUNDS) -> None:
         super().__init__()
         self.scheme = PHashScheme(max_distance, bands)
+        self.rounds = rounds  # GreedyResolve's (resolve.rounds_for)
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         pairs = (
@@ -106,4 +107,4 @@ class PerceptualDuplicateFilter(CorpusRule):
             | "Members" >> beam.Map(lambda row: (row["key"], row["partition_id"], row["phash"]))
             | "Bands" >> BandedPairs(self.scheme, phash_payload)
         )
-        return drops_from_edges(pairs.edges, pairs.same, reasons.DUPLICATE_PHASH)
+        return drops_from_edges(pairs.edges, pairs.same, reasons.DUPLICATE_PHASH, self.rounds)

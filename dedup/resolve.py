@@ -39,6 +39,16 @@ Pending = tuple[str, tuple[str, tuple[str, ...]]]
 
 KEPT, DROPPED, UNDECIDED = "K", "D", "U"
 DEFAULT_ROUNDS = 4
+# Up to this many rows a pass resolves in no round: the loop takes every undecided pair in one worker. Those are
+# the pairs with a smaller near neighbour: 250,000 of them (a quarter of a million rows) take the loop 1.9 s.
+# Each round adds two joins, about 0.3 s of Beam per rule whatever the size (select of bench/bench_web.py's 4,565
+# pairs: 5.4 s with no round, 6.6-7.5 s with 4, twice each).
+ONE_WORKER_ROWS = 1_000_000
+
+
+def rounds_for(rows: int | None) -> int:
+    """Rounds of GreedyResolve for a pass over at most ``rows`` rows (None: not known, the default rounds)."""
+    return 0 if rows is not None and rows <= ONE_WORKER_ROWS else DEFAULT_ROUNDS
 
 
 def _lower_neighbours(element: tuple[str, Iterable[tuple[str, str]]]) -> Pending:
@@ -186,8 +196,9 @@ def follow_representatives(same: beam.PCollection, resolved: beam.PCollection, r
     )
 
 
-def drops_from_edges(edges: beam.PCollection, same: beam.PCollection, reason: str) -> beam.PCollection:
+def drops_from_edges(edges: beam.PCollection, same: beam.PCollection, reason: str,
+                     rounds: int = DEFAULT_ROUNDS) -> beam.PCollection:
     """Edges between distinct representatives, plus identical pairs -> every drop of the rule, each once."""
-    resolved = edges | "Resolve" >> GreedyResolve(reason)
+    resolved = edges | "Resolve" >> GreedyResolve(reason, rounds)
     identical = follow_representatives(same, resolved, reason)
     return (resolved, identical) | "Drops" >> beam.Flatten()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from altsieve.core.config import Config, ConfigError
 from altsieve.dedup.exact import exact_rules
+from altsieve.dedup.resolve import rounds_for
 from altsieve.filters.corpus import CorpusRule
 
 
@@ -40,8 +41,10 @@ def _require_embeddings(output: str | None, setting: str) -> None:
                           "ingest with clip.enabled=true (and clip.save_embeddings=true)")
 
 
-def dedup_rules(config: Config, output: str | None) -> list[tuple[str, CorpusRule]]:
+def dedup_rules(config: Config, output: str | None, rows: int | None = None) -> list[tuple[str, CorpusRule]]:
+    """``rows``: at most how many the pass reads (None: not known), which sets the near-duplicate rules' rounds."""
     dedup = config.dedup
+    rounds = rounds_for(rows)
     rules: list[tuple[str, CorpusRule]] = []
     decontamination = dedup.decontamination
     if decontamination.eval_sets or decontamination.eval_embeddings:
@@ -68,14 +71,15 @@ def dedup_rules(config: Config, output: str | None) -> list[tuple[str, CorpusRul
     if dedup.perceptual:
         from altsieve.dedup.perceptual import PerceptualDuplicateFilter
 
-        rules.append(("PerceptualDuplicates", PerceptualDuplicateFilter(dedup.phash_max_distance, dedup.phash_bands)))
+        rules.append(("PerceptualDuplicates", PerceptualDuplicateFilter(dedup.phash_max_distance, dedup.phash_bands,
+                                                                                rounds)))
     if dedup.crop.enabled and output is not None:
         from altsieve.dedup.crop import CropDuplicateFilter
 
         _require("faiss", "dedup.crop.enabled")
         crop = dedup.crop
         rules.append(("CropDuplicates", CropDuplicateFilter(
-            output, crop.neighbours, crop.descriptor_votes, crop.n_clusters, crop.sample_size, crop.seed)))
+            output, crop.neighbours, crop.descriptor_votes, crop.n_clusters, crop.sample_size, crop.seed, rounds)))
     if dedup.semantic.enabled:
         from altsieve.dedup.semantic import SemanticDuplicateFilter
 
@@ -92,5 +96,5 @@ def dedup_rules(config: Config, output: str | None) -> list[tuple[str, CorpusRul
         _require("datasketch", "dedup.caption_minhash.enabled")
         minhash = dedup.caption_minhash
         rules.append(("CaptionDuplicates", CaptionDuplicateFilter(minhash.threshold, minhash.num_perm,
-                                                                   minhash.shingle_size)))
+                                                                   minhash.shingle_size, rounds)))
     return rules

@@ -30,16 +30,17 @@ DECISION_SCHEMA = pa.schema([("key", pa.string()), ("reason", pa.string()), ("du
 BASE_COLUMNS = ("key", "partition_id", "reason")
 
 
-def corpus_rules(config: Config, output: str | None = None) -> list[tuple[str, CorpusRule]]:
+def corpus_rules(config: Config, output: str | None = None, rows: int | None = None) -> list[tuple[str, CorpusRule]]:
     """The corpus-wide rules a config switches on, in the order they see the corpus.
 
     Each rule sees only what the rules before it kept. New rules go here, in funnel order.
-    ``output`` is the run's folder, for rules that read the CLIP embeddings or write a report there.
+    ``output`` is the run's folder, for rules that read the CLIP embeddings or write a report there; ``rows``, at
+    most how many pairs the pass reads (None: not known).
     """
     # ALIGN's text-frequency rules first: they count the corpus before deduplication thins it.
     rules: list[tuple[str, CorpusRule]] = corpus_text_rules(config.corpus)
     # Beam labels them NearDuplicateFilter/<method>: the stage name the design uses for all dedup methods.
-    rules += [(f"NearDuplicateFilter/{name}", rule) for name, rule in dedup_rules(config, output)]
+    rules += [(f"NearDuplicateFilter/{name}", rule) for name, rule in dedup_rules(config, output, rows)]
     # MetaCLIP's balancing counts the deduplicated pool (a copy would count twice for its entries).
     check_curation_settings(config)
     if config.metaclip.enabled and config.metaclip.entries_file is not None:
@@ -160,8 +161,9 @@ def _survivors(rows: beam.PCollection, drops: beam.PCollection, label: str) -> b
     )
 
 
-def build_select(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str]) -> None:
-    rules = corpus_rules(config, output)
+def build_select(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str],
+                 rows: int | None = None) -> None:
+    rules = corpus_rules(config, output, rows)
     columns = list(dict.fromkeys([*BASE_COLUMNS, *(c for _, rule in rules for c in rule.columns)]))
     partition_ids = pipeline | "Partitions" >> beam.Create(partitions) | "Spread" >> beam.Reshuffle()
     writer = ProgressWriter(output, "select")  # the launcher's bar: pairs read, then pairs decided
@@ -209,6 +211,7 @@ def run_select(config: Config, output: str, beam_args: list[str]) -> dict:
 
     with Progress("select", output, "select", total=total,
                   postfix=lambda counts: f"read {counts.get('read', 0)}, decided {counts.get('pairs', 0)}"):
-        metrics = run_pipeline(lambda p: build_select(p, config, output, partitions), beam_args, rows, ROWS_PER_WORKER)
+        metrics = run_pipeline(lambda p: build_select(p, config, output, partitions, rows), beam_args, rows,
+                               ROWS_PER_WORKER)
     fsutil.write_json(layout.meta(output, "select_done.json"), {"partitions": partitions})
     return metrics

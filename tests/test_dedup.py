@@ -259,7 +259,7 @@ def test_chains_keep_both_ends() -> None:
     assert list(sequential_greedy(pending)) == [("b", "p", "a")]
 
 
-@pytest.mark.parametrize("rounds", [1, 2, 4])
+@pytest.mark.parametrize("rounds", [0, 1, 2, 4])
 def test_rounds_and_the_rest_agree_with_the_loop(rounds, tmp_path) -> None:
     # Long chains (i ~ i+1) and stars: with one round most is left to the final sequential step.
     rng = random.Random(rounds)
