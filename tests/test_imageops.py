@@ -206,6 +206,8 @@ def test_jpegs_simplejpeg_does_not_take_go_to_pillow(jpeg_640: bytes) -> None:
     assert imageops._scaled_jpeg(jpeg_640, header, (256, 192)) is not None
     cut = jpeg_640[: int(len(jpeg_640) * 0.6)]
     assert imageops._scaled_jpeg(cut, Image.open(io.BytesIO(cut)), (256, 192)) is None  # Pillow names it truncated
+    huge = encode(photo(4400, 3300), "JPEG", quality=80)  # twice the target even at 1/8: Pillow reduces it further
+    assert imageops._scaled_jpeg(huge, Image.open(io.BytesIO(huge)), (256, 192)) is None
     cmyk = encode(Image.fromarray(photo(640, 480)).convert("CMYK"), "JPEG")
     assert imageops._scaled_jpeg(cmyk, Image.open(io.BytesIO(cmyk)), (256, 192)) is None
     result = process_image(cmyk, ImageConfig(encode_format="png"))

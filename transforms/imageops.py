@@ -479,6 +479,8 @@ def _scaled_jpeg(data: bytes, header: Image.Image, target: tuple[int, int]) -> n
     height = max(int(stored_h / reduce_by + 0.5), target[1])
     if arr.shape[0] < height or arr.shape[1] < width:
         return None  # not the scale asked for: leave it to Pillow
+    if min(width // target[0], height // target[1]) >= 2:
+        return None  # still twice the target at 1/8: Pillow's path reduces it further first (_pixels)
     arr = arr[:height, :width]
     return np.ascontiguousarray(arr[:, :, 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
 
