@@ -71,8 +71,8 @@ def dedup_rules(config: Config, output: str | None, rows: int | None = None) -> 
     if dedup.perceptual:
         from altsieve.dedup.perceptual import PerceptualDuplicateFilter
 
-        rules.append(("PerceptualDuplicates", PerceptualDuplicateFilter(dedup.phash_max_distance, dedup.phash_bands,
-                                                                                rounds)))
+        rules.append(("PerceptualDuplicates",
+                      PerceptualDuplicateFilter(dedup.phash_max_distance, dedup.phash_bands, rounds)))
     if dedup.crop.enabled and output is not None:
         from altsieve.dedup.crop import CropDuplicateFilter
 
