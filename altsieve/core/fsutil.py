@@ -90,10 +90,10 @@ _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tarfile and GNU tar pad an archive to whole records of 20 blocks
 
 
-def _ustar_header(name: bytes, size: int, mtime: int) -> bytes:
-    """A regular file's ustar header, mode 644, uid and gid 0: byte for byte what tarfile writes for it."""
+def _ustar_header(name: bytes, size: int) -> bytes:
+    """A regular file's ustar header, mode 644, uid, gid and mtime 0: byte for byte what tarfile writes for it."""
     header = b"".join((
-        name.ljust(100, b"\0"), b"0000644\0", b"0000000\0", b"0000000\0", b"%011o\0" % size, b"%011o\0" % mtime,
+        name.ljust(100, b"\0"), b"0000644\0", b"0000000\0", b"0000000\0", b"%011o\0" % size, b"00000000000\0",
         b"        ", b"0", bytes(100), b"ustar\x0000", bytes(247),  # no owner names or device numbers
     ))
     return header[:148] + b"%06o\0 " % sum(header) + header[156:]
@@ -102,7 +102,7 @@ def _ustar_header(name: bytes, size: int, mtime: int) -> bytes:
 class TarWriter:
     """Regular files appended to an uncompressed tar on ``handle``; ``close`` (or the with-block's end) ends it.
 
-    Each file is mode 644 with a fixed ``mtime``, so that a rerun's tar is byte-identical. A name that is not
+    Each file is mode 644 with mtime 0, so that a rerun's tar is byte-identical. A name that is not
     ASCII or is over 100 bytes gets tarfile's PAX header, which carries it whole.
     """
 
@@ -110,13 +110,13 @@ class TarWriter:
         self._handle = handle
         self._written = 0
 
-    def add(self, name: str, payload: bytes, mtime: int = 0) -> None:
+    def add(self, name: str, payload: bytes) -> None:
         encoded = name.encode("utf-8")
-        if len(encoded) <= 100 and encoded.isascii() and 0 <= mtime < 8**11 and len(payload) < 8**11:
-            header = _ustar_header(encoded, len(payload), mtime)
+        if len(encoded) <= 100 and encoded.isascii() and len(payload) < 8**11:
+            header = _ustar_header(encoded, len(payload))
         else:
             info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(payload), mtime, 0o644
+            info.size, info.mtime, info.mode = len(payload), 0, 0o644
             header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
         self._write(header)
         self._write(payload)
