@@ -713,9 +713,9 @@ def _process(data: bytes, options: ImageConfig, keep_content: bool = False) -> P
     target, downscale = _plan_resize(width, height, options)
     stored_target = None if target is None else ((target[1], target[0]) if swapped else target)
 
-    prescale = stored_target is not None and downscale and stored_w * stored_h >= _PRESCALE_MIN_PIXELS
-    scaled = _scaled_jpeg(data, im, stored_target) if prescale and fmt == "JPEG" else None  # type: ignore[arg-type]
-    arr = scaled if scaled is not None else _pixels(im, draftable, stored_target if prescale else None, options)
+    prescale_to = stored_target if downscale and stored_w * stored_h >= _PRESCALE_MIN_PIXELS else None
+    scaled = _scaled_jpeg(data, im, prescale_to) if prescale_to is not None and fmt == "JPEG" else None
+    arr = scaled if scaled is not None else _pixels(im, draftable, prescale_to, options)
     if stored_target is not None and (arr.shape[1], arr.shape[0]) != stored_target:
         interp = _INTERPOLATIONS[options.downscale_interpolation if downscale else options.upscale_interpolation]
         if interp == cv2.INTER_AREA:
