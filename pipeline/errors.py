@@ -15,9 +15,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from altsieve.core.config import ConfigError
+from altsieve.core.config import ConfigError, InputError
 from altsieve.core.lease import LeaseHeld, OutputFolderError
-from altsieve.transforms.read_inputs import InputError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, InputError, LeaseHeld, OutputFolderError, OSError)
 # The names under which the same errors appear in a traceback's text (a worker in another process).

@@ -32,7 +32,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from altsieve.core import fsutil, reasons
-from altsieve.core.config import Config, InputConfig
+from altsieve.core.config import Config, InputConfig, InputError
 from altsieve.core.layout import candidate_prefix, marker_path
 from altsieve.filters.base import RuleSet
 
@@ -42,10 +42,6 @@ SUFFIXES = {
 }
 # Rows decoded from Parquet at a time: rows are streamed, so this bounds memory, not what is read.
 PARQUET_BATCH_ROWS = 8192
-
-
-class InputError(ValueError):
-    """An input file or column that cannot be used; the message names it."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,10 @@ class ConfigError(ValueError):
     """A recipe, flag or option that cannot be used, with a message a person can act on."""
 
 
+class InputError(ValueError):
+    """An input file or column that cannot be used; the message names it."""
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

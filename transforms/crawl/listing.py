@@ -12,7 +12,7 @@ from typing import NamedTuple
 import fsspec
 
 from altsieve.core import fsutil
-from altsieve.transforms.read_inputs import InputError
+from altsieve.core.config import InputError
 
 DEFAULT_CC_BASE_URL = "https://data.commoncrawl.org/"
 _CRAWL_ID = re.compile(r"CC-MAIN-\d{4}-\d{2}")
