@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -26,17 +25,11 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from tqdm import tqdm
 
 from altsieve.core import lease
+from altsieve.pipeline import beam_worker
+from altsieve.pipeline.beam_worker import local_cores
 from altsieve.transforms import progress
 
 log = logging.getLogger("altsieve")
-
-
-def local_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def uses_local_runner(beam_args: list[str]) -> bool:
@@ -90,7 +83,7 @@ def make_pipeline(beam_args: list[str], workers: int | None = None) -> beam.Pipe
 # Beam makes a temp folder per pipeline (``beam-pipeline-temp*``) and removes it at the end of run(): a killed
 # run leaves it behind, and nothing tells whose it was. Ours carry the launcher's pid, so the next run removes
 # those of processes that are gone.
-_TEMP_PREFIX = "altsieve-beam-"
+_TEMP_PREFIX = beam_worker.TEMP_PREFIX
 
 
 def _with_own_temp_folder(pipeline: beam.Pipeline) -> beam.Pipeline:
@@ -116,11 +109,12 @@ def _make_pipeline(beam_args: list[str], workers: int | None) -> beam.Pipeline:
 
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode != "multi_processing":
+        beam_worker.stop_fork_server()  # one in-process worker: a fork server started ahead is not needed
         return beam.Pipeline(runner=FnApiRunner(), options=options)
     # The same worker processes Beam's multi_processing mode starts, through an entry point that keeps
     # their start-up log off the terminal. Beam would replace this environment in multi_processing mode,
     # so the runner is told in_memory: with more than one worker it then runs them in these processes.
-    command = f"{shlex.quote(sys.executable)} -m altsieve.pipeline.beam_worker"
+    command = beam_worker.worker_command()
     runner = FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command))
     direct.direct_running_mode = "in_memory"
     logging.getLogger("apache_beam.runners.portability.fn_api_runner.fn_runner").addFilter(_NOT_IN_MEMORY_WARNING)

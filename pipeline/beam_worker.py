@@ -1,24 +1,59 @@
-"""A worker process of the local runner: Beam's SDK harness, with its own log kept off the terminal.
+"""A worker process of the local runner: Beam's SDK harness, forked from a process that has imported it once.
 
-Beam's own worker logs a dozen INFO lines per process and pass to stderr (its logging is configured by
-an import-time warning before the pipeline's log level is known), and a failing bundle's traceback
-twice over. Here a handler that passes only CRITICAL records is installed first: every record still
-reaches the runner through Beam's log channel, where the launcher's log level (``altsieve -v``)
-decides what is shown, and a failed bundle reaches the launcher as its exception, which the CLI turns
-into one line (``--debug`` shows the traceback). When the runner is done with it, the process ends without
-the interpreter's module teardown, which the runner would wait for.
+Beam's local runner starts each worker as a command (``SubprocessSDKEnvironment``), and a fresh Python
+process spends 1.5-1.8 CPU-s importing Beam and the stages before its first bundle: on 2 cores, both
+cores for the first 1.4 s of an ingest. So on Linux the launcher starts one *fork server* per process
+(``WorkerForkServer``): it imports Beam's harness and the ingest stages once, then forks a worker for
+each request. The command Beam runs is then a client (``--via SOCKET``, about 60 ms of start-up) that
+hands the forked worker its environment, working folder and standard streams, waits for it, and exits
+with its status; a worker dies with its client, and the server with its launcher. Where no server
+answers, the client runs the harness itself, as a worker always did. ``multiprocessing``'s forkserver
+is the same idea, but it serves only the process that started it, not a command Beam runs.
+
+In every worker, a handler that passes only CRITICAL records is installed before Beam's import: Beam's
+own worker logs a dozen INFO lines per process and pass to stderr (its logging is configured by an
+import-time warning before the pipeline's log level is known), and a failing bundle's traceback twice
+over. Every record still reaches the runner through Beam's log channel, where the launcher's log level
+(``altsieve -v``) decides what is shown, and a failed bundle reaches the launcher as its exception,
+which the CLI turns into one line (``--debug`` shows the traceback). When the runner is done with it,
+the process ends without the interpreter's module teardown, which the runner would wait for.
+
+This module imports only the standard library at load: the client must start fast.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import gc
+import json
 import logging
 import os
+import select
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
 import sys
+import tempfile
+import threading
 import traceback
+from typing import IO, Any
+
+# Beam's temp folders and the fork server's socket folder carry the launcher's pid: the next run removes those of
+# processes that are gone (beam_run.remove_dead_runs_temp_folders).
+TEMP_PREFIX = "altsieve-beam-"
+# What the fork server imports before it serves: Beam's harness and every ingest stage (cv2, Pillow, aiohttp,
+# fastText ...), which is what a worker would otherwise import on its own.
+PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "altsieve.pipeline.ingest")
+_STARTED = b"S"  # a forked worker's first byte to its client: from here on its status is the worker's
+_HEADER = struct.Struct("!I")
 
 
-def main() -> None:
+def _quiet_terminal() -> IO[str]:
+    """The CRITICAL-only handler on the terminal and sys.stderr to /dev/null; returns the terminal's stream."""
     terminal = sys.stderr
     handler = logging.StreamHandler(terminal)
     handler.setLevel(logging.CRITICAL)
@@ -27,20 +62,254 @@ def main() -> None:
     # Beam's harness also prints a failed bundle's traceback to sys.stderr itself (SdkWorker._execute), besides
     # sending it to the runner: the launcher has it, so the worker's copy goes nowhere.
     sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    return terminal
 
+
+def _run_harness(terminal: IO[str]) -> int | None:
+    """Beam's SDK harness on the environment the runner set (control and logging addresses, options)."""
     from apache_beam.runners.worker import sdk_worker_main
 
     try:
         sdk_worker_main.main(sys.argv)
     except Exception:  # the harness itself failed (not a bundle): that is the terminal's to see
         traceback.print_exc(file=terminal)
-        raise SystemExit(1) from None
+        return 1
+    return 0
+
+
+def _end(status: int) -> None:
     # The runner closed the control channel and waits for this process to end, and the interpreter's teardown of
     # every module takes 0.3-0.5 s after Beam's and the stages' imports: the exit handlers run, then the process
     # ends without that teardown (the runner's close of 2 ingest workers: 0.74-0.96 s before, 0.08-0.10 s now).
     atexit._run_exitfuncs()
     logging.shutdown()
-    os._exit(0)
+    os._exit(status)
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["--serve"] and len(args) == 2:
+        serve(int(args[1]))
+    elif args[:1] == ["--via"] and len(args) == 2:
+        status = _through_fork_server(args[1])
+        if status is not None:
+            os._exit(status)
+    _end(_run_harness(_quiet_terminal()))  # a worker of its own: no server, or one that did not fork
+
+
+# -- the client: the command Beam runs --------------------------------------------------------------------------
+
+def _through_fork_server(path: str) -> int | None:
+    """The status of a worker the server at ``path`` forked for this process; None when none was forked."""
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(path)
+        request = json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv}).encode()
+        socket.send_fds(connection, [_HEADER.pack(len(request))], [0, 1, 2])
+        connection.sendall(request)
+        if connection.recv(1) != _STARTED:
+            return None
+    except OSError:
+        return None
+    status = connection.recv(1)  # until the worker ends; its pipe closing with no status: it was killed
+    return status[0] if status else 1
+
+
+# -- the server ---------------------------------------------------------------------------------------------------
+
+def serve(listener_fd: int) -> None:
+    """Import the harness and the stages, then fork a worker per connection on the listening socket the launcher
+    passed (bound before this process started: a client that comes during the imports waits in its backlog), until
+    stdin (the launcher) closes."""
+    terminal = _quiet_terminal()
+    listener = socket.socket(fileno=listener_fd)
+    import importlib
+
+    for module in PRELOAD:
+        importlib.import_module(module)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle; it then closes stdin
+    gc.freeze()  # what the imports made is never collected: a worker's collections then leave those pages shared
+    workers: set[int] = set()
+    while True:
+        ready, _, _ = select.select([listener, sys.stdin], [], [], 0.5)
+        if sys.stdin in ready and not os.read(sys.stdin.fileno(), 1024):
+            break  # the launcher ended (or stopped this server)
+        if listener in ready:
+            connection, _ = listener.accept()
+            pid = _fork_worker(connection, listener, terminal)
+            if pid is not None:
+                workers.add(pid)
+        workers = _reap(workers, block=False)
+    listener.close()
+    _reap(workers, block=True)  # waited for, their CPU time is counted as this process's children's, as before
+    _end(0)
+
+
+def _reap(workers: set[int], block: bool) -> set[int]:
+    running = set()
+    for pid in workers:
+        try:
+            done, _ = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if not done:
+            running.add(pid)
+    return running
+
+
+def _fork_worker(connection: socket.socket, listener: socket.socket, terminal: IO[str]) -> int | None:
+    try:
+        connection.settimeout(10)  # the client sends its request at once; a stuck one does not stop the server
+        header, fds, _, _ = socket.recv_fds(connection, _HEADER.size, 3)
+        if len(header) != _HEADER.size or len(fds) != 3:
+            raise OSError("the client's request is incomplete")
+        request = _receive(connection, _HEADER.unpack(header)[0])
+        connection.settimeout(None)
+    except (OSError, ValueError):
+        connection.close()  # the client runs the harness itself
+        return None
+    pid = os.fork()
+    if pid == 0:
+        listener.close()
+        _worker(connection, fds, request, terminal)  # never returns
+    connection.close()
+    for fd in fds:
+        os.close(fd)
+    return pid
+
+
+def _receive(connection: socket.socket, size: int) -> dict[str, Any]:
+    data = bytearray()
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise OSError("the client closed its request early")
+        data += chunk
+    return json.loads(data)
+
+
+def _worker(connection: socket.socket, fds: list[int], request: dict[str, Any], terminal: IO[str]) -> None:
+    """The forked worker: the client's streams, folder and environment, then the harness."""
+    status = 1
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a worker of its own has it
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = request["argv"]
+        finished = threading.Event()
+        threading.Thread(target=_die_with_client, args=(connection, finished), daemon=True).start()
+        connection.sendall(_STARTED)
+        status = _run_harness(terminal)
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        finished.set()
+        connection.sendall(bytes([status]))
+    except BaseException:  # noqa: BLE001 - a forked child never returns into the server's loop
+        traceback.print_exc(file=terminal)
+    os._exit(status)
+
+
+def _die_with_client(connection: socket.socket, finished: threading.Event) -> None:
+    """A worker whose client is gone (Beam killed it) ends too, as a subprocess worker would."""
+    with contextlib.suppress(OSError):
+        connection.recv(1)
+    if not finished.is_set():
+        os._exit(1)
+
+
+# -- the launcher's side -----------------------------------------------------------------------------------------
+
+class WorkerForkServer:
+    """The fork server of this launcher: its process, its socket, and the command Beam runs for a worker."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")  # 0700: only this user connects
+        self.path = os.path.join(self.folder, "workers.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(self.path)
+            listener.listen(64)
+            fd = listener.fileno()
+            self.process = subprocess.Popen([sys.executable, "-m", "altsieve.pipeline.beam_worker", "--serve", str(fd)],
+                                            stdin=subprocess.PIPE, pass_fds=[fd])
+        self.used = False
+
+    @property
+    def command(self) -> str:
+        self.used = True
+        return f"{shlex.quote(sys.executable)} -m altsieve.pipeline.beam_worker --via {shlex.quote(self.path)}"
+
+    def stop(self) -> None:
+        if not self.used:
+            self.process.kill()  # started ahead for a pass that then ran in one process: its imports are moot
+        elif self.process.stdin is not None:
+            self.process.stdin.close()  # the server's cue to end, once it has waited for its workers
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_server: WorkerForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def local_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def fork_server_supported() -> bool:
+    """Linux only: fork after Beam's and cv2's imports is not safe on macOS, and Windows has no fork."""
+    return sys.platform.startswith("linux")
+
+
+def start_fork_server() -> WorkerForkServer | None:
+    """This process's fork server, started on first use (stopped at exit); None where it is not supported."""
+    global _server
+    if not fork_server_supported():
+        return None
+    with _server_lock:
+        if _server is None or _server.process.poll() is not None:
+            _server = WorkerForkServer()
+            atexit.register(_server.stop)
+        return _server
+
+
+def prestart_fork_server(beam_args: list[str]) -> None:
+    """Start the fork server now when a pass will likely run worker processes (the local runner, more than one core,
+    no worker settings given), so that its imports run on another core beside the launcher's own (about 2 s of each)
+    rather than after them. A pass that then runs in one process stops it (see stop_fork_server)."""
+    given = {arg.split("=", 1)[0] for arg in beam_args if arg.startswith("--")}
+    if given & {"--runner", "--direct_running_mode", "--direct_num_workers"} or local_cores() < 2:
+        return
+    start_fork_server()
+
+
+def stop_fork_server() -> None:
+    """Stop this process's fork server, if it runs (a pass that needs no worker processes)."""
+    global _server
+    with _server_lock:
+        if _server is not None:
+            atexit.unregister(_server.stop)
+            _server.stop()
+            _server = None
+
+
+def worker_command() -> str:
+    """The command the local runner starts a worker process with: through the fork server where there is one."""
+    server = start_fork_server()
+    if server is not None:
+        return server.command
+    return f"{shlex.quote(sys.executable)} -m altsieve.pipeline.beam_worker"
 
 
 if __name__ == "__main__":

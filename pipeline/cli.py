@@ -395,6 +395,10 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
         return 0
     from altsieve.core import fsutil
 
+    if args.command in ("run", "ingest"):
+        from altsieve.pipeline.beam_worker import prestart_fork_server
+
+        prestart_fork_server(beam_args)  # before Beam's import below: the two import side by side
     check_beam_args(beam_args)
     if args.command == "demo":
         from altsieve.pipeline.demo import run_demo
