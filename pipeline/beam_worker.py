@@ -1,14 +1,15 @@
 """A worker process of the local runner: Beam's SDK harness, forked from a process that has imported it once.
 
 Beam's local runner starts each worker as a command (``SubprocessSDKEnvironment``), and a fresh Python
-process spends 1.5-1.8 CPU-s importing Beam and the stages before its first bundle: on 2 cores, both
-cores for the first 1.4 s of an ingest. So on Linux the launcher starts one *fork server* per process
-(``WorkerForkServer``): it imports Beam's harness and the ingest stages once, then forks a worker for
-each request. The command Beam runs is then a client (``--via SOCKET``, about 60 ms of start-up) that
-hands the forked worker its environment, working folder and standard streams, waits for it, and exits
-with its status; a worker dies with its client, and the server with its launcher. Where no server
-answers, the client runs the harness itself, as a worker always did. ``multiprocessing``'s forkserver
-is the same idea, but it serves only the process that started it, not a command Beam runs.
+process spends 2.2-2.5 CPU-s importing Beam's harness and the stages before its first bundle (1.5-1.8 of
+it Beam's): on 2 cores, both cores for the first 1.4 s of an ingest. So on Linux the launcher starts one
+*fork server* per process (``WorkerForkServer``): it imports Beam's harness and the ingest stages once,
+then forks a worker for each request. The command Beam runs is then a client (``--via SOCKET``, about 60
+ms of start-up) that hands the forked worker its environment, working folder and standard streams, waits
+for it, and exits with its status; a worker dies with its client, and the server with its launcher.
+Where no server answers, the client runs the harness itself, as a worker always did.
+``multiprocessing``'s forkserver is the same idea, but it serves only the process that started it, not a
+command Beam runs.
 
 In every worker, a handler that passes only CRITICAL records is installed before Beam's import: Beam's
 own worker logs a dozen INFO lines per process and pass to stderr (its logging is configured by an
