@@ -45,8 +45,9 @@ def local_workers(beam_args: list[str], rows: int | None = None, rows_per_worker
 
     The user's ``--direct_num_workers`` (0: every core), or one in-process worker when they ask for
     ``--direct_running_mode in_memory``; otherwise one worker process per core, but no more than the
-    pass's ``rows`` fill at ``rows_per_worker`` each: a worker process costs seconds to start (Beam's
-    imports), which a pass over a few hundred rows does not pay back.
+    pass's ``rows`` fill at ``rows_per_worker`` each: a worker process costs seconds to start where it
+    imports Beam itself (not Linux), and everywhere Beam's cost per bundle across processes, which a pass
+    over a few hundred rows does not pay back.
     """
     if not uses_local_runner(beam_args):
         return None
