@@ -12,6 +12,8 @@ import argparse
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -253,6 +255,25 @@ def test_help_ends_with_examples_and_the_beam_note(capsys) -> None:
     with pytest.raises(SystemExit):
         cli.main(["run", "--help"])
     assert capsys.readouterr().out.rstrip().endswith("is an error.")
+
+
+def test_the_altsieve_command_flushes_its_output_and_runs_its_exit_handlers(tmp_path) -> None:
+    # cli.entry ends the process without the interpreter's teardown: what was printed and every exit handler
+    # (the fork server's stop among them) must still happen, and the status is main()'s.
+    script = ("import atexit, sys\nfrom altsieve.pipeline import cli\n"
+              "atexit.register(lambda: print('exit handlers ran'))\nsys.argv[1:] = {args!r}\ncli.entry()")
+    done = subprocess.run([sys.executable, "-c", script.format(args=["recipes"])], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "exit handlers ran"
+    assert {line.split()[0] for line in lines[:-1]} >= {"default", "laion400m", "wukong"}
+    missing = str(tmp_path / "nothing.parquet")
+    failed = subprocess.run([sys.executable, "-c", script.format(args=["run", missing, "-o", str(tmp_path / "o")])],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines() == [f"altsieve: error: input {missing}: no such file"]
+    assert failed.stdout == "exit handlers ran\n"
 
 
 def test_a_folder_named_like_a_recipe_never_shadows_it(tmp_path, monkeypatch) -> None:
