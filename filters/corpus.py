@@ -26,6 +26,12 @@ class CorpusRule(beam.PTransform):
 
     columns: tuple[str, ...] = ("key", "partition_id")
 
+    def drops_and_survivors(self, rows: beam.PCollection,
+                            label: str) -> tuple[beam.PCollection, beam.PCollection | None]:
+        """The rule applied to ``rows`` as ``label``: its drops, and the rows it keeps where it has them at no
+        extra cost (None: the select pass joins ``rows`` with the drops to find them)."""
+        return rows | label >> self, None
+
 
 class Intersection(CorpusRule):
     """Rules that all see the same rows, a pair kept only when every one keeps it (DataComp-1B: image-based and

@@ -161,6 +161,19 @@ def _survivors(rows: beam.PCollection, drops: beam.PCollection, label: str) -> b
     )
 
 
+def chain_rules(rows: beam.PCollection,
+                rules: list[tuple[str, CorpusRule]]) -> tuple[list[beam.PCollection], beam.PCollection]:
+    """Each rule on the survivors of the ones before it: every rule's drops, and the rows no rule dropped."""
+    all_drops = []
+    for index, (name, rule) in enumerate(rules):
+        drops, survivors = rule.drops_and_survivors(rows, name)
+        all_drops.append(drops)
+        if survivors is None:  # the rows less the drops, by a join on key
+            survivors = _survivors(rows, drops, "Final" if index == len(rules) - 1 else name)
+        rows = survivors
+    return all_drops, rows
+
+
 def build_select(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str],
                  rows: int | None = None) -> None:
     rules = corpus_rules(config, output, rows)
@@ -168,13 +181,7 @@ def build_select(pipeline: beam.Pipeline, config: Config, output: str, partition
     partition_ids = pipeline | "Partitions" >> beam.Create(partitions) | "Spread" >> beam.Reshuffle()
     writer = ProgressWriter(output, "select")  # the launcher's bar: pairs read, then pairs decided
     rows = partition_ids | "ReadMetadata" >> beam.FlatMap(lambda pid: _read_passing(output, pid, columns, writer))
-    all_drops = []
-    for index, (name, rule) in enumerate(rules):
-        drops = rows | name >> rule
-        all_drops.append(drops)
-        if index < len(rules) - 1:  # the last rule's survivors are what the kept list below gives
-            rows = _survivors(rows, drops, name)
-    kept = _survivors(rows, all_drops[-1], "Final") if rules else rows
+    all_drops, kept = chain_rules(rows, rules)
     decisions = [
         *all_drops,
         kept | "Kept" >> beam.Map(lambda row: (row["partition_id"], (row["key"], None, None))),

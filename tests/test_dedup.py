@@ -35,7 +35,7 @@ from altsieve.dedup.perceptual import PerceptualDuplicateFilter, band_layout, ha
 from altsieve.dedup.resolve import GreedyResolve, Pending
 from altsieve.dedup.semantic import SemanticDuplicateFilter, histogram, threshold_for_fraction
 from altsieve.filters.corpus import CorpusRule
-from altsieve.pipeline.select import _survivors, corpus_rules, run_select
+from altsieve.pipeline.select import chain_rules, corpus_rules, run_select
 from altsieve.testcorpus.generator import TestCorpus, generate_corpus
 from altsieve.transforms import shards
 from altsieve.transforms.imageops import hamming64, phash_to_int64, process_image
@@ -66,13 +66,7 @@ def run_rules(rules: list[tuple[str, CorpusRule]], rows: list[dict[str, Any]], t
             pickle.dump(items, handle)
 
     with beam.Pipeline() as pipeline:
-        current = pipeline | "Rows" >> beam.Create(rows)
-        all_drops = []
-        for index, (name, rule) in enumerate(rules):
-            drops = current | name >> rule
-            all_drops.append(drops)
-            if index < len(rules) - 1:
-                current = _survivors(current, drops, name)
+        all_drops, _ = chain_rules(pipeline | "Rows" >> beam.Create(rows), rules)
         _ = all_drops | beam.Flatten() | beam.combiners.ToList() | beam.Map(save)
     with open(result, "rb") as handle:
         return pickle.load(handle)
@@ -325,14 +319,26 @@ def test_exact_url_and_url_caption(tmp_path) -> None:
         {"key": "a3", "partition_id": "q", "url": "http://x/1.jpg", "caption": "other", "sha256": "s3"},
         {"key": "a4", "partition_id": "q", "url": "http://x/2.jpg", "caption": "one", "sha256": "s1"},
         {"key": "a5", "partition_id": "q", "url": None, "caption": "one", "sha256": "s5"},
-        {"key": "a6", "partition_id": "q", "url": None, "caption": "one", "sha256": "s6"},
+        {"key": "a6", "partition_id": "q", "url": None, "caption": "one", "sha256": "s5"},
+        {"key": "a7", "partition_id": "p", "url": "http://x/3.jpg", "caption": "one", "sha256": None},
     ]
-    drops = by_key(run_rules(exact_rules(sha256=True, url=True, url_caption=True), rows, tmp_path))
-    assert drops == {
+    expected = {
         "a2": (reasons.DUPLICATE_URL_CAPTION, "a1", "p"),
         "a3": (reasons.DUPLICATE_URL, "a1", "q"),
         "a4": (reasons.DUPLICATE_SHA256, "a1", "q"),
+        "a6": (reasons.DUPLICATE_SHA256, "a5", "q"),  # no URL: past the URL rules as nobody's duplicate
     }
+    assert by_key(run_rules(exact_rules(sha256=True, url=True, url_caption=True), rows, tmp_path)) == expected
+    # The exact rules hand on the rows they keep (no join on key): the same as the join gives.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ExactDuplicateFilter, "drops_and_survivors", CorpusRule.drops_and_survivors)
+        assert by_key(run_rules(exact_rules(sha256=True, url=True, url_caption=True), rows, tmp_path)) == expected
+    kept = tmp_path / "kept.txt"
+    with beam.Pipeline() as pipeline:
+        _, survivors = chain_rules(pipeline | beam.Create(rows), exact_rules(sha256=True, url=True, url_caption=True))
+        _ = survivors | beam.Map(lambda row: row["key"]) | beam.combiners.ToList() | beam.Map(
+            lambda keys: kept.write_text(",".join(sorted(keys))))
+    assert kept.read_text() == "a1,a5,a7"
     # Text values are grouped by digest: ("ab", "c") and ("a", "bc") are different pairs.
     rows = [{"key": "b1", "partition_id": "p", "url": "ab", "caption": "c"},
             {"key": "b2", "partition_id": "p", "url": "a", "caption": "bc"}]
