@@ -110,6 +110,15 @@ def _finish_rest(
             kept.add(key)
 
 
+def _finish_alone(element: tuple[None, Iterable[Pending]]) -> Iterator[tuple[str, str, str]]:
+    """No round before it: the loop over every pair with a smaller near neighbour, whose neighbours are either
+    among them (undecided) or have no smaller neighbour themselves (kept)."""
+    pending = list(element[1])
+    undecided = {v for v, _ in pending}
+    rest = [(v, pv, [(u, UNDECIDED if u in undecided else KEPT) for u in lower]) for v, (pv, lower) in pending]
+    yield from _finish_rest((None, rest))
+
+
 class GreedyResolve(beam.PTransform):
     """Edges ``(u, pu, v, pv)`` with ``u < v``, each once -> the drops of the greedy rule above."""
 
@@ -139,6 +148,18 @@ class GreedyResolve(beam.PTransform):
             | "GroupByLarger" >> beam.GroupByKey()
             | "LowerNeighbours" >> beam.Map(_lower_neighbours)
         )
+        if self.rounds == 0:
+            # No round: every pair with a smaller near neighbour goes to the loop as it is, without the join that
+            # asks what became of each neighbour (nothing is decided yet: one with no smaller neighbour is kept).
+            # Select of bench_web's 4,565 pairs, 4 times in one process, twice each, interleaved: 2.12-3.13 s
+            # with that join, 1.56-2.26 s without (20 -> 15 bundles).
+            return (
+                pending
+                | "RestToOne" >> beam.Map(lambda p: (None, p))
+                | "GroupRest" >> beam.GroupByKey()
+                | "FinishRest" >> beam.FlatMap(_finish_alone)
+                | "AsDrops" >> beam.Map(lambda d: (d[1], (d[0], reason, d[2])))
+            )
         status = None
         drops = []
         for index in range(1, self.rounds + 1):
