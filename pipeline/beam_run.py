@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from altsieve.core import lease
 from altsieve.pipeline import beam_worker
-from altsieve.pipeline.beam_worker import local_cores
+from altsieve.pipeline.beam_worker import given_flags, local_cores
 from altsieve.transforms import progress
 
 log = logging.getLogger("altsieve")
@@ -34,10 +34,6 @@ log = logging.getLogger("altsieve")
 
 def uses_local_runner(beam_args: list[str]) -> bool:
     return PipelineOptions(beam_args or []).view_as(StandardOptions).runner is None
-
-
-def _given(beam_args: list[str] | None) -> set[str]:
-    return {arg.split("=", 1)[0].lstrip("-") for arg in beam_args or [] if arg.startswith("--")}
 
 
 def local_workers(beam_args: list[str], rows: int | None = None, rows_per_worker: int = 1) -> int | None:
@@ -51,7 +47,7 @@ def local_workers(beam_args: list[str], rows: int | None = None, rows_per_worker
     """
     if not uses_local_runner(beam_args):
         return None
-    given = _given(beam_args)
+    given = given_flags(beam_args)
     direct = PipelineOptions(beam_args or []).view_as(DirectOptions)
     if "direct_num_workers" in given:
         return direct.direct_num_workers or local_cores()
@@ -67,7 +63,7 @@ def pipeline_options(beam_args: list[str], workers: int | None = None) -> Pipeli
     """The user's Beam options; on the local runner with ``workers`` (see local_workers) unless they named them."""
     options = PipelineOptions(beam_args or [])
     if options.view_as(StandardOptions).runner is None:
-        given = _given(beam_args)
+        given = given_flags(beam_args)
         direct = options.view_as(DirectOptions)
         direct.direct_num_workers = workers or local_workers(beam_args) or 1
         if "direct_running_mode" not in given:
@@ -83,20 +79,19 @@ def make_pipeline(beam_args: list[str], workers: int | None = None) -> beam.Pipe
 
 # Beam makes a temp folder per pipeline (``beam-pipeline-temp*``) and removes it at the end of run(): a killed
 # run leaves it behind, and nothing tells whose it was. Ours carry the launcher's pid, so the next run removes
-# those of processes that are gone.
-_TEMP_PREFIX = beam_worker.TEMP_PREFIX
+# those of processes that are gone (beam_worker.own_temp_folder).
 
 
 def _with_own_temp_folder(pipeline: beam.Pipeline) -> beam.Pipeline:
     shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
-    pipeline.local_tempdir = tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-")
+    pipeline.local_tempdir = beam_worker.own_temp_folder()
     return pipeline
 
 
 def remove_dead_runs_temp_folders() -> None:
     """The Beam temp folders of altsieve processes that no longer run (killed ones: the others remove their own)."""
-    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{_TEMP_PREFIX}*-*")):
-        pid = os.path.basename(path)[len(_TEMP_PREFIX):].split("-", 1)[0]
+    for path in glob.glob(os.path.join(tempfile.gettempdir(), f"{beam_worker.TEMP_PREFIX}*-*")):
+        pid = os.path.basename(path)[len(beam_worker.TEMP_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and not lease.pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
 

@@ -46,6 +46,16 @@ from typing import IO, Any
 # Beam's temp folders and the fork server's socket folder carry the launcher's pid: the next run removes those of
 # processes that are gone (beam_run.remove_dead_runs_temp_folders).
 TEMP_PREFIX = "altsieve-beam-"
+
+
+def own_temp_folder() -> str:
+    """A new temp folder (0700) named after this process, for the clean-up of a killed run's folders."""
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")
+
+
+def given_flags(beam_args: list[str] | None) -> set[str]:
+    """The names of the ``--flags`` in ``beam_args``, without the dashes."""
+    return {arg.split("=", 1)[0].lstrip("-") for arg in beam_args or [] if arg.startswith("--")}
 # What the fork server imports before it serves: Beam's harness and every ingest stage (cv2, Pillow, aiohttp,
 # fastText ...), which is what a worker would otherwise import on its own.
 PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "altsieve.pipeline.ingest")
@@ -228,7 +238,7 @@ class WorkerForkServer:
     """The fork server of this launcher: its process, its socket, and the command Beam runs for a worker."""
 
     def __init__(self) -> None:
-        self.folder = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-")  # 0700: only this user connects
+        self.folder = own_temp_folder()  # 0700: only this user connects
         self.path = os.path.join(self.folder, "workers.sock")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
             listener.bind(self.path)
@@ -289,8 +299,7 @@ def prestart_fork_server(beam_args: list[str]) -> None:
     """Start the fork server now when a pass will likely run worker processes (the local runner, more than one core,
     no worker settings given), so that its imports run on another core beside the launcher's own (about 2 s of each)
     rather than after them. A pass that then runs in one process stops it (see stop_fork_server)."""
-    given = {arg.split("=", 1)[0] for arg in beam_args if arg.startswith("--")}
-    if given & {"--runner", "--direct_running_mode", "--direct_num_workers"} or local_cores() < 2:
+    if given_flags(beam_args) & {"runner", "direct_running_mode", "direct_num_workers"} or local_cores() < 2:
         return
     start_fork_server()
 
