@@ -8,11 +8,8 @@ Beam does not know either is an error, not a silent no-op.
 from __future__ import annotations
 
 import argparse
-import atexit
-import contextlib
 import functools
 import logging
-import os
 import sys
 import time
 from typing import Any
@@ -504,16 +501,12 @@ def _recipes(name: str | None) -> int:
 
 
 def entry() -> None:
-    """The ``altsieve`` command: main(), then the process ends without the interpreter's teardown of every module,
-    which takes 0.4-0.5 s after Beam's and the stages' imports (measured at the end of ``altsieve run``). The exit
-    handlers run and the streams are flushed first; an exception (a bug, or Ctrl-C) ends the process as usual."""
-    status = main()
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError):  # a reader that closed the pipe early (altsieve recipes | head)
-            stream.flush()
-    os._exit(status)
+    """The ``altsieve`` command: main(), then the process ends without the interpreter's teardown of every module
+    (beam_worker.end_without_teardown: exit handlers and flushed streams first); an exception (a bug, or Ctrl-C)
+    ends the process as usual."""
+    from altsieve.pipeline.beam_worker import end_without_teardown
+
+    end_without_teardown(main())
 
 
 if __name__ == "__main__":
