@@ -100,11 +100,9 @@ class _ExactSplit(beam.PTransform):
             yield beam.pvalue.TaggedOutput(_KEPT, row) if value is None else (value, row)
 
         def keep_smallest(element: tuple[Any, Iterable[dict[str, Any]]]) -> Iterator[Any]:
-            ordered = sorted(element[1], key=lambda row: (row["key"], row["partition_id"]))
-            yield beam.pvalue.TaggedOutput(_KEPT, ordered[0])
-            keeper = ordered[0]["key"]
-            for row in ordered[1:]:
-                yield row["partition_id"], (row["key"], reason, keeper)
+            group = list(element[1])
+            yield beam.pvalue.TaggedOutput(_KEPT, min(group, key=lambda row: (row["key"], row["partition_id"])))
+            yield from drop_all_but_smallest(((row["key"], row["partition_id"]) for row in group), reason)
 
         keyed = rows | "KeyByValue" >> beam.FlatMap(by_value).with_outputs(_KEPT, main="grouped")
         split = (
