@@ -474,9 +474,7 @@ def _scaled_jpeg(data: bytes, header: Image.Image, target: tuple[int, int]) -> n
                                      min_width=-(-stored_w // reduce_by), min_height=-(-stored_h // reduce_by))
     except ValueError:
         return None
-    # A last pixel under half full is dropped, as after Pillow's draft (see _pixels).
-    width = max(int(stored_w / reduce_by + 0.5), target[0])
-    height = max(int(stored_h / reduce_by + 0.5), target[1])
+    width, height = _whole_pixels(stored_w / reduce_by, stored_h / reduce_by, target)  # as after Pillow's draft
     if arr.shape[0] < height or arr.shape[1] < width:
         return None  # not the scale asked for: leave it to Pillow
     if min(width // target[0], height // target[1]) >= 2:
@@ -592,6 +590,17 @@ def _plan_resize(width: int, height: int, options: ImageConfig) -> tuple[tuple[i
     return (max(1, round(width * scale)), max(1, round(height * scale))), downscale
 
 
+def _whole_pixels(width: float, height: float, target: tuple[int, int]) -> tuple[int, int]:
+    """The pixels of a scaled decode (``width`` x ``height`` in source pixels over the scale) that are kept.
+
+    A side that is no multiple of the scale ends in a partial pixel (1025 / 4 = 256.25 -> 257), and resizing it
+    as a whole one shifts the far edge by up to a scaled pixel (mean pixel error 2.2 instead of 0.95 against full
+    decode for 1025x769 -> 256x192). It is kept only when at least half a pixel: the shift stays below half a
+    scaled pixel, and at most a few edge pixels are lost; never fewer pixels than the target.
+    """
+    return max(int(width + 0.5), target[0]), max(int(height + 0.5), target[1])
+
+
 def _pixels(im: Image.Image, jpeg: bool, prescale_to: tuple[int, int] | None, options: ImageConfig) -> np.ndarray:
     """Pillow's pixels flattened to RGB or grey; with ``prescale_to``, a JPEG drafted and others reduced towards it."""
     content: tuple[int, int] | None = None  # whole pixels of a scaled decode, see below
@@ -599,12 +608,8 @@ def _pixels(im: Image.Image, jpeg: bool, prescale_to: tuple[int, int] | None, op
         # Pillow picks the largest 1/2, 1/4, 1/8 scale whose output is still >= the target on both sides.
         drafted = im.draft(None, prescale_to)
         if drafted is not None:
-            # A side that is no multiple of the scale ends in a partial pixel (1025 / 4 = 256.25 -> 257), and
-            # resizing it as a whole one shifts the far edge by up to a scaled pixel (mean pixel error 2.2
-            # instead of 0.95 against full decode for 1025x769 -> 256x192). Keep it only when it is at least
-            # half a pixel: the shift stays below half a scaled pixel, and at most a few edge pixels are lost.
             box = drafted[1]
-            content = (max(int(box[2] + 0.5), prescale_to[0]), max(int(box[3] + 0.5), prescale_to[1]))
+            content = _whole_pixels(box[2], box[3], prescale_to)
     im.load()
     if content is not None and content != im.size:
         im = im.crop((0, 0, *content))
@@ -615,7 +620,7 @@ def _pixels(im: Image.Image, jpeg: bool, prescale_to: tuple[int, int] | None, op
         if k >= 2:
             # Not a JPEG (or beyond draft's 1/8): Pillow's integer box reduce is ~3x cheaper than cv2 INTER_AREA
             # over the full image, and the resize below averages the rest. A partial last block is kept only when
-            # at least half full, for the reason given at the draft above. Reduced before any conversion, block by
+            # at least half full, for the reason given at _whole_pixels. Reduced before any conversion, block by
             # block, so that a large image costs its decoded raster and little more.
             bw, bh = min((width + k // 2) // k * k, width), min((height + k // 2) // k * k, height)
             im = _reduce_in_blocks(im, k, bw, bh)
