@@ -19,6 +19,7 @@ is emitted only from the first band it agrees on, so every edge exists once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -27,8 +28,19 @@ import numpy as np
 from apache_beam import pvalue
 
 DEFAULT_SHARD_BITS = 8
+# Rows a shard is sized to hold, so that small inputs get few shards: a shard group costs Beam ~0.3 ms whatever
+# its size, and 256 of them per band were most of a small select (bench/bench_web.py's 4,565 pairs: 2.30-2.72 s
+# with 256 shards, 1.62-1.89 s with one, the same decisions). 4,096 gives the 256 of DEFAULT_SHARD_BITS at 1M rows.
+ROWS_PER_SHARD = 4096
 # Rows per batch before sharding: ~8k rows amortise Beam's per-element cost; a batch's arrays stay a few MB.
 BATCH_SIZE = 8192
+
+
+def shard_bits_for(rows: int | None, most: int = DEFAULT_SHARD_BITS) -> int:
+    """Shard bits for a pass over at most ``rows`` rows (None: not known, ``most``): about ROWS_PER_SHARD a shard."""
+    if rows is None:
+        return most
+    return max(0, min(most, math.ceil(math.log2(max(rows, 1) / ROWS_PER_SHARD))))
 
 
 class BandScheme(Protocol):

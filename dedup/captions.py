@@ -139,11 +139,12 @@ class CaptionDuplicateFilter(CorpusRule):
     columns = ("key", "partition_id", "caption")
 
     def __init__(self, threshold: float = 0.8, num_perm: int = 128, shingle_size: int = 5,
-                 rounds: int = DEFAULT_ROUNDS) -> None:
+                 rounds: int = DEFAULT_ROUNDS, shard_bits: int = CAPTION_SHARD_BITS) -> None:
         super().__init__()
         self.scheme = MinHashScheme(threshold, num_perm)
         self.shingle_size = shingle_size
         self.rounds = rounds  # GreedyResolve's (resolve.rounds_for)
+        self.shard_bits = shard_bits  # banding.shard_bits_for
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         num_perm, shingle_size, threshold = self.scheme.num_perm, self.shingle_size, self.scheme.threshold
@@ -155,7 +156,7 @@ class CaptionDuplicateFilter(CorpusRule):
         )
         # The band groups carry band keys only; the candidates they give are checked afterwards against the
         # signatures, recomputed from the captions (~100 bytes a row shuffled instead of 512 a row per band).
-        pairs = members | "Bands" >> BandedPairs(self.scheme, to_payload, CAPTION_SHARD_BITS, verify_in_group=False)
+        pairs = members | "Bands" >> BandedPairs(self.scheme, to_payload, self.shard_bits, verify_in_group=False)
         captions = members | "KeyCaptions" >> beam.Map(lambda member: (member[0], member[2]))
         first = (
             {"edges": pairs.edges | "BySmaller" >> beam.Map(lambda e: (e[0], e)), "caption": captions}

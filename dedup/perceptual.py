@@ -21,7 +21,7 @@ import apache_beam as beam
 import numpy as np
 
 from altsieve.core import reasons
-from altsieve.dedup.banding import BandedPairs
+from altsieve.dedup.banding import DEFAULT_SHARD_BITS, BandedPairs
 from altsieve.dedup.resolve import DEFAULT_ROUNDS, drops_from_edges
 from altsieve.filters.corpus import CorpusRule
 from altsieve.filters.hashing import band_layout
@@ -95,16 +95,18 @@ class PerceptualDuplicateFilter(CorpusRule):
 
     columns = ("key", "partition_id", "phash")
 
-    def __init__(self, max_distance: int = 4, bands: int | None = None, rounds: int = DEFAULT_ROUNDS) -> None:
+    def __init__(self, max_distance: int = 4, bands: int | None = None, rounds: int = DEFAULT_ROUNDS,
+                 shard_bits: int = DEFAULT_SHARD_BITS) -> None:
         super().__init__()
         self.scheme = PHashScheme(max_distance, bands)
         self.rounds = rounds  # GreedyResolve's (resolve.rounds_for)
+        self.shard_bits = shard_bits  # banding.shard_bits_for
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         pairs = (
             rows
             | "WithHash" >> beam.Filter(lambda row: row.get("phash") is not None)
             | "Members" >> beam.Map(lambda row: (row["key"], row["partition_id"], row["phash"]))
-            | "Bands" >> BandedPairs(self.scheme, phash_payload)
+            | "Bands" >> BandedPairs(self.scheme, phash_payload, self.shard_bits)
         )
         return drops_from_edges(pairs.edges, pairs.same, reasons.DUPLICATE_PHASH, self.rounds)

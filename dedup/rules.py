@@ -16,6 +16,7 @@ reason of its own); its decision then names the next one, so the audit follows t
 from __future__ import annotations
 
 from altsieve.core.config import Config, ConfigError
+from altsieve.dedup.banding import shard_bits_for
 from altsieve.dedup.exact import exact_rules
 from altsieve.dedup.resolve import rounds_for
 from altsieve.filters.corpus import CorpusRule
@@ -44,7 +45,7 @@ def _require_embeddings(output: str | None, setting: str) -> None:
 def dedup_rules(config: Config, output: str | None, rows: int | None = None) -> list[tuple[str, CorpusRule]]:
     """``rows``: at most how many the pass reads (None: not known), which sets the near-duplicate rules' rounds."""
     dedup = config.dedup
-    rounds = rounds_for(rows)
+    rounds, shard_bits = rounds_for(rows), shard_bits_for(rows)
     rules: list[tuple[str, CorpusRule]] = []
     decontamination = dedup.decontamination
     if decontamination.eval_sets or decontamination.eval_embeddings:
@@ -72,7 +73,7 @@ def dedup_rules(config: Config, output: str | None, rows: int | None = None) -> 
         from altsieve.dedup.perceptual import PerceptualDuplicateFilter
 
         rules.append(("PerceptualDuplicates",
-                      PerceptualDuplicateFilter(dedup.phash_max_distance, dedup.phash_bands, rounds)))
+                      PerceptualDuplicateFilter(dedup.phash_max_distance, dedup.phash_bands, rounds, shard_bits)))
     if dedup.crop.enabled and output is not None:
         from altsieve.dedup.crop import CropDuplicateFilter
 
@@ -91,10 +92,11 @@ def dedup_rules(config: Config, output: str | None, rows: int | None = None) -> 
             semantic.keep, semantic.seed,
         )))
     if dedup.caption_minhash.enabled:
-        from altsieve.dedup.captions import CaptionDuplicateFilter
+        from altsieve.dedup.captions import CAPTION_SHARD_BITS, CaptionDuplicateFilter
 
         _require("datasketch", "dedup.caption_minhash.enabled")
         minhash = dedup.caption_minhash
         rules.append(("CaptionDuplicates", CaptionDuplicateFilter(minhash.threshold, minhash.num_perm,
-                                                                   minhash.shingle_size, rounds)))
+                                                                   minhash.shingle_size, rounds,
+                                                                   shard_bits_for(rows, CAPTION_SHARD_BITS))))
     return rules

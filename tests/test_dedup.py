@@ -28,6 +28,7 @@ from PIL import Image
 
 from altsieve.core import layout, reasons
 from altsieve.core.config import ConfigError, load_config
+from altsieve.dedup.banding import DEFAULT_SHARD_BITS, ROWS_PER_SHARD, shard_bits_for
 from altsieve.dedup.captions import CaptionDuplicateFilter, signatures
 from altsieve.dedup.decontaminate import DecontaminationFilter
 from altsieve.dedup.exact import ExactDuplicateFilter, exact_rules
@@ -236,15 +237,26 @@ def brute_force_greedy(hashes: list[int], max_distance: int) -> list[tuple[str, 
     return sorted(sequential_greedy(pending))
 
 
-@pytest.mark.parametrize("max_distance,bands", [(4, None), (2, 6), (0, None)])
-def test_perceptual_rule_equals_brute_force(max_distance, bands, tmp_path) -> None:
+@pytest.mark.parametrize("max_distance,bands,shard_bits", [(4, None, 8), (4, None, 0), (2, 6, 1), (0, None, 8)])
+def test_perceptual_rule_equals_brute_force(max_distance, bands, shard_bits, tmp_path) -> None:
     hashes = random_hashes(1500, seed=max_distance)
     rows = [{"key": key_of(i), "partition_id": partition_of(i), "phash": phash_to_int64(h)}
             for i, h in enumerate(hashes)]
-    drops = run_rules([("P", PerceptualDuplicateFilter(max_distance, bands))], rows, tmp_path)
+    drops = run_rules([("P", PerceptualDuplicateFilter(max_distance, bands, shard_bits=shard_bits))], rows, tmp_path)
     got = sorted((key, partition_id, duplicate_of) for partition_id, (key, _, duplicate_of) in drops)
     assert got == brute_force_greedy(hashes, max_distance)
     assert got  # the planted copies are there
+
+
+def test_shards_are_sized_to_the_rows() -> None:
+    # About ROWS_PER_SHARD rows a shard, at most DEFAULT_SHARD_BITS bits; an unknown size gets the most.
+    assert shard_bits_for(4565) == 1 and shard_bits_for(ROWS_PER_SHARD) == 0 and shard_bits_for(0) == 0
+    assert shard_bits_for(1_000_000) == DEFAULT_SHARD_BITS == shard_bits_for(10**9) == shard_bits_for(None)
+    assert shard_bits_for(10**9, most=6) == 6
+    config = load_config("default", [{"dedup": {"caption_minhash": {"enabled": True}}}])
+    rules = dict(corpus_rules(config, rows=5000))
+    assert rules["NearDuplicateFilter/PerceptualDuplicates"].shard_bits == 1
+    assert rules["NearDuplicateFilter/CaptionDuplicates"].shard_bits == 1
 
 
 def test_chains_keep_both_ends() -> None:
@@ -424,7 +436,8 @@ def test_threshold_for_fraction() -> None:
 # Captions (MinHash LSH)
 
 
-def test_caption_minhash_finds_near_identical_captions(tmp_path) -> None:
+@pytest.mark.parametrize("shard_bits", [6, 0])
+def test_caption_minhash_finds_near_identical_captions(shard_bits, tmp_path) -> None:
     rng = random.Random(2)
     words = [f"word{n}" for n in range(300)]
     captions: list[str] = []
@@ -438,7 +451,7 @@ def test_caption_minhash_finds_near_identical_captions(tmp_path) -> None:
         else:
             captions.append(" ".join(rng.choice(words) for _ in range(rng.randint(8, 14))))
     rows = [{"key": key_of(i), "partition_id": partition_of(i), "caption": c} for i, c in enumerate(captions)]
-    drops = by_key(run_rules([("C", CaptionDuplicateFilter(threshold=0.8))], rows, tmp_path))
+    drops = by_key(run_rules([("C", CaptionDuplicateFilter(threshold=0.8, shard_bits=shard_bits))], rows, tmp_path))
     found = {int(key[5:]) for key in drops}
     assert len(found & set(origin)) / len(origin) >= 0.95
     sig = signatures(captions, 128, 5)
