@@ -394,11 +394,11 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
         serve_forever_cli(n_pairs=args.pairs, port=args.port, input_path=args.input, seed=args.seed)
         return 0
     from altsieve.core import fsutil
+    from altsieve.pipeline import beam_worker
 
     if args.command in ("run", "ingest"):
-        from altsieve.pipeline.beam_worker import prestart_fork_server
-
-        prestart_fork_server(beam_args)  # before Beam's import below: the two import side by side
+        beam_worker.prestart_fork_server(beam_args)  # before Beam's import below: the two import side by side
+    beam_worker.import_beam_without_pandas()  # every command from here on runs a pipeline
     check_beam_args(beam_args)
     if args.command == "demo":
         from altsieve.pipeline.demo import run_demo

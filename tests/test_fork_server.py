@@ -150,3 +150,20 @@ def test_the_fork_server_is_started_ahead_only_for_the_local_runner(monkeypatch:
     beam_worker.stop_fork_server()  # unused: killed at once, not left to finish its imports
     assert time.monotonic() - started < 2.0
     assert server.process.poll() is not None and not os.path.exists(server.folder)
+
+
+def test_beam_and_the_stages_load_without_pandas_which_stays_importable() -> None:
+    script = (
+        "import sys\n"
+        "from altsieve.pipeline.beam_worker import PRELOAD, import_beam_without_pandas\n"
+        "import_beam_without_pandas()\n"
+        "import importlib\n"
+        "for module in (*PRELOAD, 'altsieve.pipeline.select', 'altsieve.pipeline.reshard'):\n"
+        "    importlib.import_module(module)\n"
+        "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
+        "import pandas\n"
+        "print(pandas.DataFrame({'a': [1]}).shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "(1, 1)"
