@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import importlib.abc
 import json
 import logging
 import os
@@ -63,18 +64,32 @@ _STARTED = b"S"  # a forked worker's first byte to its client: from here on its 
 _HEADER = struct.Struct("!I")
 
 
+class _WithoutPandas(importlib.abc.MetaPathFinder):
+    """An import of pandas (or a module of it) fails while this finder is first on sys.meta_path."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.partition(".")[0] == "pandas":
+            raise ImportError("pandas is kept out of this import (beam_worker.import_beam_without_pandas)")
+        return None
+
+
 def import_beam_without_pandas() -> None:
-    """Import Beam with pandas kept out: Beam imports it, when it can, only to register pandas batch converters
-    (apache_beam/typehints/__init__.py), which altsieve never uses, and that is 0.3 s of every launcher's and
-    worker's start (``import apache_beam``: 0.90-0.97 s with pandas, 0.63-0.65 s without). pandas can still be
-    imported afterwards; nothing is blocked where pandas or Beam is already imported."""
-    if "apache_beam" in sys.modules or "pandas" in sys.modules:
+    """Import Beam and pyarrow with pandas kept out. altsieve gives neither a pandas object, and each imports
+    pandas when it can: Beam at its import, to register pandas batch converters (apache_beam/typehints/__init__.py),
+    and pyarrow on the first array it makes from Python values (its pandas shim, which remembers the answer). That
+    was 0.3 s of each launcher's and worker's start (``import apache_beam``: 0.90-0.97 s with pandas, 0.63-0.65 s
+    without) and 0.3 s more at each one's first Parquet table. pandas can still be imported afterwards."""
+    if "pandas" in sys.modules:
         return
-    sys.modules["pandas"] = None  # type: ignore[assignment]  # import pandas -> ImportError, which Beam expects
+    finder = _WithoutPandas()
+    sys.meta_path.insert(0, finder)
     try:
         import apache_beam  # noqa: F401
+        import pyarrow
+
+        pyarrow.array([])  # pyarrow's pandas shim tries its import here, once for the process
     finally:
-        del sys.modules["pandas"]
+        sys.meta_path.remove(finder)
 
 
 def _quiet_terminal() -> IO[str]:

@@ -160,6 +160,8 @@ def test_beam_and_the_stages_load_without_pandas_which_stays_importable() -> Non
         "import importlib\n"
         "for module in (*PRELOAD, 'altsieve.pipeline.select', 'altsieve.pipeline.reshard'):\n"
         "    importlib.import_module(module)\n"
+        "import io, pyarrow as pa, pyarrow.parquet as pq\n"
+        "pq.write_table(pa.table({'key': ['a'], 'n': [1]}), io.BytesIO())  # pyarrow's first table\n"
         "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
         "import pandas\n"
         "print(pandas.DataFrame({'a': [1]}).shape)\n"
