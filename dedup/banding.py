@@ -30,7 +30,7 @@ from apache_beam import pvalue
 DEFAULT_SHARD_BITS = 8
 # Rows a shard is sized to hold, so that small inputs get few shards: a shard group costs Beam ~0.3 ms whatever
 # its size, and 256 of them per band were most of a small select (bench/bench_web.py's 4,565 pairs: 2.30-2.72 s
-# with 256 shards, 1.62-1.89 s with one, the same decisions). 4,096 gives the 256 of DEFAULT_SHARD_BITS at 1M rows.
+# with 256 shards, 1.62-1.89 s with 1 and 4, the same decisions). 4,096 gives the 256 of DEFAULT_SHARD_BITS at 1M rows.
 ROWS_PER_SHARD = 4096
 # Rows per batch before sharding: ~8k rows amortise Beam's per-element cost; a batch's arrays stay a few MB.
 BATCH_SIZE = 8192

@@ -43,7 +43,8 @@ def _require_embeddings(output: str | None, setting: str) -> None:
 
 
 def dedup_rules(config: Config, output: str | None, rows: int | None = None) -> list[tuple[str, CorpusRule]]:
-    """``rows``: at most how many the pass reads (None: not known), which sets the near-duplicate rules' rounds."""
+    """``rows``: at most how many the pass reads (None: not known), which sets the near-duplicate rules' rounds and
+    band shards."""
     dedup = config.dedup
     rounds, shard_bits = rounds_for(rows), shard_bits_for(rows)
     rules: list[tuple[str, CorpusRule]] = []
