@@ -200,29 +200,24 @@ def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str]
             crawl_inputs: Any = None) -> dict:
     """The three passes in order, then the reports, under the run's lease (one run per output folder; the passes
     inside share it)."""
-    # Imported here, not at the top: the fork server starts ~0.18 s sooner (beam_worker.prestart_fork_server).
+    # lease is imported here, not at the top: the fork server starts ~0.18 s sooner (prestart_fork_server).
     from altsieve.core import lease
-
-    with lease.hold(output, "altsieve run"):
-        return _run_passes(config, inputs, output, beam_args, retry_failed, crawl_inputs)
-
-
-def _run_passes(config: Config, inputs: list[str], output: str, beam_args: list[str], retry_failed: bool,
-                crawl_inputs: Any) -> dict:
     from altsieve.pipeline.extract import prepare_crawl_inputs
     from altsieve.pipeline.ingest import run_ingest, with_partition_size
     from altsieve.pipeline.report import write_reports
     from altsieve.pipeline.reshard import run_reshard
     from altsieve.pipeline.select import run_select
 
-    started = time.time()
-    # Crawl inputs (WARC/WAT) become Parquet URL lists first; select and reshard need the config that ingests them.
-    inputs, config = prepare_crawl_inputs(config, inputs, output, beam_args, crawl_inputs)
-    metrics = run_ingest(config, inputs, output, beam_args, retry_failed)
-    config = with_partition_size(config, output, 0, None)  # the size ingest chose, as it saved it
-    run_select(config, output, beam_args)
-    run_reshard(config, output, beam_args)
-    return write_reports(config, output, metrics, started)
+    with lease.hold(output, "altsieve run"):
+        started = time.time()
+        # Crawl inputs (WARC/WAT) become Parquet URL lists first; select and reshard need the config that ingests
+        # them.
+        inputs, config = prepare_crawl_inputs(config, inputs, output, beam_args, crawl_inputs)
+        metrics = run_ingest(config, inputs, output, beam_args, retry_failed)
+        config = with_partition_size(config, output, 0, None)  # the size ingest chose, as it saved it
+        run_select(config, output, beam_args)
+        run_reshard(config, output, beam_args)
+        return write_reports(config, output, metrics, started)
 
 
 def _print_summary(output: str, stats: dict | None = None, config: Config | None = None,
