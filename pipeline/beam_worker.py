@@ -57,6 +57,8 @@ def own_temp_folder() -> str:
 def given_flags(beam_args: list[str] | None) -> set[str]:
     """The names of the ``--flags`` in ``beam_args``, without the dashes."""
     return {arg.split("=", 1)[0].lstrip("-") for arg in beam_args or [] if arg.startswith("--")}
+
+
 # What the fork server imports before it serves: Beam's harness and every ingest stage (cv2, Pillow, aiohttp,
 # fastText ...), which is what a worker would otherwise import on its own.
 PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "altsieve.pipeline.ingest")
@@ -107,7 +109,6 @@ def _quiet_terminal() -> IO[str]:
 
 def _run_harness(terminal: IO[str]) -> int | None:
     """Beam's SDK harness on the environment the runner set (control and logging addresses, options)."""
-    import_beam_without_pandas()
     from apache_beam.runners.worker import sdk_worker_main
 
     try:
@@ -144,7 +145,10 @@ def main() -> None:
         status = _through_fork_server(args[1])
         if status is not None:
             os._exit(status)
-    end_without_teardown(_run_harness(_quiet_terminal()))  # a worker of its own: no server, or one that did not fork
+    # A worker of its own: no server, or one that did not fork.
+    terminal = _quiet_terminal()
+    import_beam_without_pandas()
+    end_without_teardown(_run_harness(terminal))
 
 
 # -- the client: the command Beam runs --------------------------------------------------------------------------
@@ -173,8 +177,6 @@ def serve(listener_fd: int) -> None:
     stdin (the launcher) closes."""
     terminal = _quiet_terminal()
     listener = socket.socket(fileno=listener_fd)
-    import importlib
-
     import_beam_without_pandas()
     for module in PRELOAD:
         importlib.import_module(module)
@@ -336,8 +338,8 @@ def start_fork_server() -> WorkerForkServer | None:
 
 def prestart_fork_server(beam_args: list[str]) -> None:
     """Start the fork server now when a pass will likely run worker processes (the local runner, more than one core,
-    no worker settings given), so that its imports run on another core beside the launcher's own (about 2 s of each)
-    rather than after them. A pass that then runs in one process stops it (see stop_fork_server)."""
+    no worker settings given), so that its imports run on another core beside the launcher's own (1.5-1.8 s of
+    each) rather than after them. A pass that then runs in one process stops it (see stop_fork_server)."""
     if given_flags(beam_args) & {"runner", "direct_running_mode", "direct_num_workers"} or local_cores() < 2:
         return
     start_fork_server()
