@@ -66,24 +66,33 @@ _STARTED = b"S"  # a forked worker's first byte to its client: from here on its 
 _HEADER = struct.Struct("!I")
 
 
-class _WithoutPandas(importlib.abc.MetaPathFinder):
-    """An import of pandas (or a module of it) fails while this finder is first on sys.meta_path."""
+# Packages Beam or pyarrow import when they can, for features altsieve never uses: pandas (Beam's pandas batch
+# converters; pyarrow's pandas shim) and the MongoDB driver (apache_beam.io.mongodbio, which Beam's io package
+# imports and which goes without its driver when that import fails).
+_KEPT_OUT = frozenset({"pandas", "pymongo", "bson"})
+
+
+class _KeptOut(importlib.abc.MetaPathFinder):
+    """An import of a package in ``_KEPT_OUT`` (or a module of one) fails while this finder is on sys.meta_path."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name.partition(".")[0] == "pandas":
-            raise ImportError("pandas is kept out of this import (beam_worker.import_beam_without_pandas)")
+        if name.partition(".")[0] in _KEPT_OUT:
+            raise ImportError(f"{name} is kept out of this import (beam_worker.import_beam_lean)")
         return None
 
 
-def import_beam_without_pandas() -> None:
-    """Import Beam and pyarrow with pandas kept out. altsieve gives neither a pandas object, and each imports
-    pandas when it can: Beam at its import, to register pandas batch converters (apache_beam/typehints/__init__.py),
-    and pyarrow on the first array it makes from Python values (its pandas shim, which remembers the answer). That
-    was 0.3 s of each launcher's and worker's start (``import apache_beam``: 0.90-0.97 s with pandas, 0.63-0.65 s
-    without) and 0.3 s more at each one's first Parquet table. pandas can still be imported afterwards."""
+def import_beam_lean() -> None:
+    """Import Beam and pyarrow with the packages of ``_KEPT_OUT`` kept out; they can still be imported afterwards.
+
+    pandas: Beam imports it at its import (apache_beam/typehints/__init__.py) and pyarrow on the first array it
+    makes from Python values (its shim remembers the answer). That was 0.3 s of each launcher's and worker's start
+    (``import apache_beam``: 0.90-0.97 s with pandas, 0.63-0.65 s without) and 0.3 s more at each one's first
+    Parquet table. pymongo and bson: 0.10-0.15 s more of the same import (three interleaved runs, 0.89-0.99 s with
+    them, 0.79-0.89 s without), on the launcher's way to its first pipeline.
+    """
     if "pandas" in sys.modules:
         return
-    finder = _WithoutPandas()
+    finder = _KeptOut()
     sys.meta_path.insert(0, finder)
     try:
         import apache_beam  # noqa: F401
@@ -147,7 +156,7 @@ def main() -> None:
             os._exit(status)
     # A worker of its own: no server, or one that did not fork.
     terminal = _quiet_terminal()
-    import_beam_without_pandas()
+    import_beam_lean()
     end_without_teardown(_run_harness(terminal))
 
 
@@ -177,7 +186,7 @@ def serve(listener_fd: int) -> None:
     stdin (the launcher) closes."""
     terminal = _quiet_terminal()
     listener = socket.socket(fileno=listener_fd)
-    import_beam_without_pandas()
+    import_beam_lean()
     for module in PRELOAD:
         importlib.import_module(module)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle; it then closes stdin

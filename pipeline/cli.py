@@ -401,7 +401,7 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     if args.command in ("run", "ingest"):
         beam_worker.prestart_fork_server(beam_args)  # before Beam's import below: the two import side by side
-    beam_worker.import_beam_without_pandas()  # every command from here on runs a pipeline
+    beam_worker.import_beam_lean()  # every command from here on runs a pipeline
     check_beam_args(beam_args)
     if args.command == "demo":
         from altsieve.pipeline.demo import run_demo

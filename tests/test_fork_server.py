@@ -152,20 +152,21 @@ def test_the_fork_server_is_started_ahead_only_for_the_local_runner(monkeypatch:
     assert server.process.poll() is not None and not os.path.exists(server.folder)
 
 
-def test_beam_and_the_stages_load_without_pandas_which_stays_importable() -> None:
+def test_beam_and_the_stages_load_without_pandas_or_pymongo_which_stay_importable() -> None:
     script = (
         "import sys\n"
-        "from altsieve.pipeline.beam_worker import PRELOAD, import_beam_without_pandas\n"
-        "import_beam_without_pandas()\n"
+        "from altsieve.pipeline.beam_worker import PRELOAD, import_beam_lean\n"
+        "import_beam_lean()\n"
         "import importlib\n"
         "for module in (*PRELOAD, 'altsieve.pipeline.select', 'altsieve.pipeline.reshard'):\n"
         "    importlib.import_module(module)\n"
         "import io, pyarrow as pa, pyarrow.parquet as pq\n"
         "pq.write_table(pa.table({'key': ['a'], 'n': [1]}), io.BytesIO())  # pyarrow's first table\n"
         "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
-        "import pandas\n"
-        "print(pandas.DataFrame({'a': [1]}).shape)\n"
+        "assert 'pymongo' not in sys.modules and 'bson' not in sys.modules, 'the MongoDB driver was imported'\n"
+        "import pandas, pymongo\n"
+        "print(pandas.DataFrame({'a': [1]}).shape, pymongo.ASCENDING)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "(1, 1)"
+    assert result.stdout.strip() == "(1, 1) 1"
