@@ -94,6 +94,10 @@ def import_beam_lean() -> None:
         return
     finder = _KeptOut()
     sys.meta_path.insert(0, finder)
+    # mongodbio warns that it found no bson package: true, and by our doing, so not worth a line on the terminal.
+    mongodbio_log = logging.getLogger("apache_beam.io.mongodbio")
+    level = mongodbio_log.level
+    mongodbio_log.setLevel(logging.ERROR)
     try:
         import apache_beam  # noqa: F401
         import pyarrow
@@ -101,6 +105,7 @@ def import_beam_lean() -> None:
         pyarrow.array([])  # pyarrow's pandas shim tries its import here, once for the process
     finally:
         sys.meta_path.remove(finder)
+        mongodbio_log.setLevel(level)
 
 
 def _quiet_terminal() -> IO[str]:
