@@ -205,8 +205,7 @@ def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str]
     from altsieve.pipeline.extract import prepare_crawl_inputs
     from altsieve.pipeline.ingest import run_ingest, with_partition_size
     from altsieve.pipeline.report import write_reports
-    from altsieve.pipeline.reshard import run_reshard
-    from altsieve.pipeline.select import run_select
+    from altsieve.pipeline.reshard import run_select_and_reshard
 
     with lease.hold(output, "altsieve run"):
         started = time.time()
@@ -215,8 +214,7 @@ def run_all(config: Config, inputs: list[str], output: str, beam_args: list[str]
         inputs, config = prepare_crawl_inputs(config, inputs, output, beam_args, crawl_inputs)
         metrics = run_ingest(config, inputs, output, beam_args, retry_failed)
         config = with_partition_size(config, output, 0, None)  # the size ingest chose, as it saved it
-        run_select(config, output, beam_args)
-        run_reshard(config, output, beam_args)
+        run_select_and_reshard(config, output, beam_args)
         return write_reports(config, output, metrics, started)
 
 
@@ -236,7 +234,8 @@ def _print_summary(output: str, stats: dict | None = None, config: Config | None
 
 
 DESCRIPTION = ("altsieve: noisy web image/alt-text pairs -> clean training shards (webdataset tars + Parquet), "
-               "with a reason code for every pair it drops. Each pass is an Apache Beam pipeline.")
+               "with a reason code for every pair it drops. Each pass is an Apache Beam pipeline (run: ingest, then "
+               "select and reshard as one).")
 BEAM_NOTE = """\
 Any other flag goes to Apache Beam unchanged: --runner (default: Beam's local FnApiRunner, a worker process per
 core), --direct_num_workers, --direct_running_mode, --project, --region, --temp_location ...; one that Beam does

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from altsieve.core import fsutil, layout, lease
 from altsieve.core.config import Config, ConfigError, LanguageConfig, bucket_of
 from altsieve.pipeline.beam_run import Progress, run_pipeline
+from altsieve.pipeline.select import build_select, ingested_partitions, pass_rows, record_select_done, select_progress
 from altsieve.transforms.progress import ProgressWriter
 from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
 
@@ -252,30 +253,37 @@ def _write_bytes(data: bytes, handle: Any) -> None:
 
 
 def build_reshard(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str],
-                  clip_identity: dict[str, Any] | None = None) -> None:
+                  clip_identity: dict[str, Any] | None = None, decided: beam.PCollection | None = None) -> None:
+    """The reshard pass on ``pipeline``. ``decided``: the partition ids a select pass in the same pipeline gives as
+    it writes their decisions (``altsieve run``); None: the decisions an earlier select pass wrote."""
     samples = config.output.samples_per_shard
     language = config.language if config.output.split_by_language else None
+    source = pipeline | "Partitions" >> beam.Create(partitions) if decided is None else decided
     counts = (
-        pipeline
-        | "Partitions" >> beam.Create(partitions)
+        source
         | "CountKept" >> beam.FlatMap(
             lambda pid: [((bucket, pid), len(keys)) for bucket, keys in
                          kept_keys_by_bucket(output, pid, language).items()]
         )
+        # One dict, once every partition is counted: after the last decision file of a select in this pipeline.
         | "AllCounts" >> beam.combiners.ToDict()
     )
+    select_done = partitions if decided is not None else None
     writer = _WriteFinalShard(output, config.input.save_additional_columns, config.image.encode_format, language,
                               config.output.format, clip_identity)
     _ = (
         counts
-        | "RecordPlan" >> beam.Map(lambda c: _record_plan(output, c, samples))
+        | "RecordPlan" >> beam.Map(lambda c: _record_plan(output, c, samples, select_done))
         | "PlanShards" >> beam.FlatMap(lambda c: sorted(plan_tasks(plan_buckets(c, samples), partitions).items()))
-        | "Spread" >> beam.Reshuffle()
+        | "SpreadShards" >> beam.Reshuffle()
         | "WriteShards" >> beam.ParDo(writer)
     )
 
 
-def _record_plan(output: str, counts: dict[tuple[str, str], int], samples_per_shard: int) -> dict[tuple[str, str], int]:
+def _record_plan(output: str, counts: dict[tuple[str, str], int], samples_per_shard: int,
+                 select_done: list[str] | None = None) -> dict[tuple[str, str], int]:
+    if select_done is not None:  # the select pass of this pipeline has written every decision file
+        record_select_done(output, select_done)
     plan = plan_buckets(counts, samples_per_shard)
     per_bucket: dict[str, int] = {}
     for bucket, _ in plan:
@@ -296,27 +304,68 @@ def run_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
         raise ConfigError(f"{output} has no finished select pass ({done_path} is missing): run `altsieve select` first")
     partitions = list(fsutil.read_json(done_path)["partitions"])
     layout.remove_stale_temporaries(output)  # a killed reshard's unfinished final shards
-    rows = len(partitions) * (config.input.rows_per_partition or 10_000)  # at most: partitions are full but the last
-    clip_identity = None
-    if config.clip.enabled and config.clip.save_embeddings:  # the final shards' embeddings, clip-retrieval's layout
-        clip_identity = {k: v for k, v in fsutil.read_json(layout.meta(output, layout.CLIP_MODEL_FILE)).items()
-                         if k in ("model", "weights_sha256", "embed_dim")}
+    rows = pass_rows(config, partitions)
+    clip_identity = _start_reshard(config, output)
+    with _reshard_progress(output):
+        metrics = run_pipeline(lambda p: build_reshard(p, config, output, partitions, clip_identity), beam_args,
+                               rows, ROWS_PER_WORKER)
+    _finish_reshard(config, output)
+    return metrics
+
+
+@lease.holding("altsieve run")
+def run_select_and_reshard(config: Config, output: str, beam_args: list[str]) -> dict:
+    """The select and reshard passes as one pipeline (``altsieve run``): the same files as ``altsieve select`` then
+    ``altsieve reshard``, for one pipeline's start and end rather than two. bench/bench_web.py's 4,565 pairs, four
+    interleaved pairs in one process: 2.46-2.81 s against 2.80-2.98 s (0.17 s less on average).
+
+    ``select_done.json`` is written once every decision file is, before any final shard: a run stopped in its
+    reshard part is resumed by ``altsieve reshard`` (or by ``altsieve run``, which redoes select, as after a
+    stop in select).
+    """
+    partitions = ingested_partitions(output)
+    layout.remove_stale_temporaries(output)  # a killed pass's unfinished decision files and final shards
+    rows = pass_rows(config, partitions)
+    clip_identity = _start_reshard(config, output)
+
+    def build(pipeline: beam.Pipeline) -> None:
+        decided = build_select(pipeline, config, output, partitions, rows)
+        build_reshard(pipeline, config, output, partitions, clip_identity, decided)
+
+    with select_progress(output, partitions), _reshard_progress(output):
+        metrics = run_pipeline(build, beam_args, rows, ROWS_PER_WORKER)
+    _finish_reshard(config, output)
+    return metrics
+
+
+def _start_reshard(config: Config, output: str) -> dict[str, Any] | None:
+    """Before a reshard pipeline: an earlier run's plan removed (the bar's total is this run's); returns the CLIP
+    model identity when the final shards carry embeddings (clip-retrieval's layout), else None."""
     plan_path = layout.meta(output, "reshard_plan.json")
     fs, resolved = fsutil.filesystem(plan_path)
-    if fs.exists(resolved):  # an earlier run's: the progress bar takes its total from this run's
+    if fs.exists(resolved):
         fs.rm(resolved)
+    if not (config.clip.enabled and config.clip.save_embeddings):
+        return None
+    return {k: v for k, v in fsutil.read_json(layout.meta(output, layout.CLIP_MODEL_FILE)).items()
+            if k in ("model", "weights_sha256", "embed_dim")}
+
+
+def _reshard_progress(output: str) -> Progress:
+    plan_path = layout.meta(output, "reshard_plan.json")
 
     def total(_: dict[str, int]) -> int | None:
         return int(fsutil.read_json(plan_path)["kept"]) if fsutil.exists(plan_path) else None
 
-    with Progress("reshard", output, "reshard", total=total):
-        metrics = run_pipeline(lambda p: build_reshard(p, config, output, partitions, clip_identity), beam_args,
-                               rows, ROWS_PER_WORKER)
-    plan = fsutil.read_json(plan_path)["buckets"]
+    return Progress("reshard", output, "reshard", total=total)
+
+
+def _finish_reshard(config: Config, output: str) -> None:
+    """After a reshard pipeline: an earlier run's surplus shards removed, the shard indexes written."""
+    plan = fsutil.read_json(layout.meta(output, "reshard_plan.json"))["buckets"]
     _remove_stale_shards(output, plan)
     for bucket in sorted(plan):
         write_shard_indexes(output, bucket or None, config.output.format)
-    return metrics
 
 
 def write_shard_indexes(output: str, bucket: str | None, output_format: str) -> None:

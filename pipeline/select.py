@@ -186,7 +186,8 @@ def chain_rules(rows: beam.PCollection, rules: list[tuple[str, CorpusRule]],
 
 
 def build_select(pipeline: beam.Pipeline, config: Config, output: str, partitions: list[str],
-                 rows: int | None = None) -> None:
+                 rows: int | None = None) -> beam.PCollection:
+    """The select pass on ``pipeline``; returns the ids of the partitions whose decision files it has written."""
     rules = corpus_rules(config, output, rows)
     columns = list(dict.fromkeys([*BASE_COLUMNS, *(c for _, rule in rules for c in rule.columns)]))
     partition_ids = pipeline | "Partitions" >> beam.Create(partitions) | "Spread" >> beam.Reshuffle()
@@ -198,7 +199,7 @@ def build_select(pipeline: beam.Pipeline, config: Config, output: str, partition
         # Every partition gets a decision file, even one with no passing pair or no drop.
         partition_ids | "EveryPartition" >> beam.Map(lambda pid: (pid, None)),
     ]
-    _ = (
+    return (
         decisions
         | "Merge" >> beam.Flatten()
         | "GroupByPartition" >> beam.GroupByKey()
@@ -217,18 +218,33 @@ def ingested_partitions(output: str) -> list[str]:
 ROWS_PER_WORKER = 50_000
 
 
-@lease.holding("altsieve select")
-def run_select(config: Config, output: str, beam_args: list[str]) -> dict:
-    partitions = ingested_partitions(output)
-    layout.remove_stale_temporaries(output)  # a killed select's unfinished decision files
-    rows = len(partitions) * (config.input.rows_per_partition or 10_000)  # at most: partitions are full but the last
+def pass_rows(config: Config, partitions: list[str]) -> int:
+    """At most how many pairs a pass after ingest reads: partitions are full but the last."""
+    return len(partitions) * (config.input.rows_per_partition or 10_000)
+
+
+def select_progress(output: str, partitions: list[str]) -> Progress:
+    """The select pass's bar: pairs read, then pairs decided."""
 
     def total(counts: dict[str, int]) -> int | None:  # known once every partition's metadata is read
         return counts.get("read", 0) if counts["items"] >= len(partitions) else None
 
-    with Progress("select", output, "select", total=total,
-                  postfix=lambda counts: f"read {counts.get('read', 0)}, decided {counts.get('pairs', 0)}"):
+    return Progress("select", output, "select", total=total,
+                    postfix=lambda counts: f"read {counts.get('read', 0)}, decided {counts.get('pairs', 0)}")
+
+
+def record_select_done(output: str, partitions: list[str]) -> None:
+    """Every partition's decision file is written: what ``altsieve reshard`` starts from."""
+    fsutil.write_json(layout.meta(output, "select_done.json"), {"partitions": partitions})
+
+
+@lease.holding("altsieve select")
+def run_select(config: Config, output: str, beam_args: list[str]) -> dict:
+    partitions = ingested_partitions(output)
+    layout.remove_stale_temporaries(output)  # a killed select's unfinished decision files
+    rows = pass_rows(config, partitions)
+    with select_progress(output, partitions):
         metrics = run_pipeline(lambda p: build_select(p, config, output, partitions, rows), beam_args, rows,
                                ROWS_PER_WORKER)
-    fsutil.write_json(layout.meta(output, "select_done.json"), {"partitions": partitions})
+    record_select_done(output, partitions)
     return metrics

@@ -29,6 +29,7 @@ from altsieve.pipeline import cli
 from altsieve.pipeline.demo import demo_config
 from altsieve.pipeline.report import next_steps, write_reports
 from altsieve.pipeline.reshard import run_reshard
+from altsieve.pipeline.select import run_select
 from altsieve.testcorpus.generator import generate_corpus
 from altsieve.testcorpus.server import CorpusServer
 
@@ -198,6 +199,66 @@ def test_parquet_output_format_carries_the_images(demo, tmp_path) -> None:
     assert all(Image.open(io.BytesIO(r["jpg"])).size == (256, 256) for r in rows)
     loaded = datasets.load_dataset(str(copy), split="train", cache_dir=str(tmp_path / "hf"))
     assert loaded.num_rows == stats["output_samples"] and "jpg" in loaded.column_names
+
+
+def _pass_outputs(folder: Path) -> dict[str, bytes]:
+    """What select and reshard write (decisions, final shards, embeddings, indexes, plan), timings left out."""
+    written = {}
+    for path in sorted(folder.rglob("*")):
+        relative = str(path.relative_to(folder))
+        if not path.is_file() or relative.startswith((layout.CANDIDATES_DIR, "README", "manifest", "stats.json",
+                                                      "summary")) or path.name in ("config.yaml", "inputs.json",
+                                                                                   "ingest_done.json",
+                                                                                   "clip_model.json"):
+            continue
+        data = path.read_bytes()
+        if path.name.endswith("_stats.json"):
+            stats = json.loads(data)
+            for timing in ("start_time", "end_time", "duration"):
+                stats.pop(timing)
+            data = json.dumps(stats, sort_keys=True).encode()
+        written[relative] = data
+    return written
+
+
+def test_run_writes_what_select_then_reshard_write(demo, tmp_path) -> None:
+    """altsieve run's select and reshard are one pipeline (the demo's run); apart, the two passes write the same."""
+    dataset, _ = demo
+    apart = tmp_path / "apart"
+    shutil.copytree(dataset / layout.CANDIDATES_DIR, apart / layout.CANDIDATES_DIR)
+    shutil.copytree(dataset / layout.META_DIR, apart / layout.META_DIR)
+    for done in ("select_done.json", "reshard_plan.json"):
+        (apart / layout.META_DIR / done).unlink()
+    config = demo_config("demo")
+    run_select(config, str(apart), [])
+    run_reshard(config, str(apart), [])
+    fused = _pass_outputs(dataset)
+    assert any(name.endswith(".tar") for name in fused) and any(name.startswith("_decisions") for name in fused)
+    assert layout.META_DIR + "/select_done.json" in fused
+    assert _pass_outputs(apart) == fused
+
+
+def test_a_run_stopped_in_its_reshard_part_is_resumed_by_reshard(demo, tmp_path, monkeypatch) -> None:
+    """select_done.json is written once every decision is, before any final shard."""
+    from altsieve.pipeline import reshard
+
+    dataset, _ = demo
+    copy = tmp_path / "stopped"
+    shutil.copytree(dataset / layout.CANDIDATES_DIR, copy / layout.CANDIDATES_DIR)
+    shutil.copytree(dataset / layout.META_DIR, copy / layout.META_DIR)
+    (copy / layout.META_DIR / "select_done.json").unlink()
+    config = demo_config("demo")
+
+    def stop(self, element):
+        raise RuntimeError("stopped while writing a final shard")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(reshard._WriteFinalShard, "process", stop)
+        with pytest.raises(Exception, match="stopped while writing a final shard"):
+            reshard.run_select_and_reshard(config, str(copy), [])
+    assert (copy / layout.META_DIR / "select_done.json").exists() and not list(copy.glob("*.tar"))
+    run_reshard(config, str(copy), [])
+    assert _pass_outputs(copy) == _pass_outputs(dataset)
 
 
 def test_the_end_of_a_run_says_where_and_what_next(demo) -> None:
