@@ -333,6 +333,8 @@ def run_select_and_reshard(config: Config, output: str, beam_args: list[str]) ->
         build_reshard(pipeline, config, output, partitions, clip_identity, decided)
 
     with select_progress(output, partitions), _reshard_progress(output):
+        # Local workers as for reshard alone (from 20,000 rows; select alone: 50,000): copying the images is the
+        # larger part of the work.
         metrics = run_pipeline(build, beam_args, rows, ROWS_PER_WORKER)
     _finish_reshard(config, output)
     return metrics
