@@ -38,7 +38,7 @@ def img2dataset_command(input_path: str, output: str, size: int, mode: str) -> l
 
 def altsieve_command(command: str, input_path: str, output: str, size: int, mode: str) -> list[str]:
     return [
-        sys.executable, "-m", "altsieve.pipeline.cli", command, input_path, "--output", output, "--recipe", "default",
+        sys.executable, "-m", "altsieve", command, input_path, "--output", output, "--recipe", "default",
         "--image-size", str(size), "--resize-mode", mode, "--samples-per-shard", "1000",
         "--allow-private-addresses", "127.0.0.1/32",
     ]

@@ -83,7 +83,7 @@ def img2dataset(input_path: Path, output: Path) -> list[str]:
 
 
 def altsieve(input_path: Path, output: Path) -> list[str]:
-    return [sys.executable, "-m", "altsieve.pipeline.cli", "run", str(input_path), "--output", str(output),
+    return [sys.executable, "-m", "altsieve", "run", str(input_path), "--output", str(output),
             "--allow-private-addresses", "127.0.0.0/8"]
 
 

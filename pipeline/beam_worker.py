@@ -59,9 +59,10 @@ def given_flags(beam_args: list[str] | None) -> set[str]:
     return {arg.split("=", 1)[0].lstrip("-") for arg in beam_args or [] if arg.startswith("--")}
 
 
-# What the fork server imports before it serves: Beam's harness and every ingest stage (cv2, Pillow, aiohttp,
-# fastText ...), which is what a worker would otherwise import on its own.
-PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "altsieve.pipeline.ingest")
+# What the fork server imports before it serves: Beam's harness and every ingest stage (cv2, Pillow, fastText ...),
+# with the fetcher (aiohttp), which the Download stage imports only at work: what a worker would otherwise import on
+# its own.
+PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "altsieve.pipeline.ingest", "altsieve.transforms.fetch")
 _STARTED = b"S"  # a forked worker's first byte to its client: from here on its status is the worker's
 _HEADER = struct.Struct("!I")
 
@@ -357,6 +358,20 @@ def prestart_fork_server(beam_args: list[str]) -> None:
     if given_flags(beam_args) & {"runner", "direct_running_mode", "direct_num_workers"} or local_cores() < 2:
         return
     start_fork_server()
+
+
+# The commands whose first pass may run worker processes; a help or version request runs none.
+_WORKER_COMMANDS = ("run", "ingest")
+_NO_PASS_FLAGS = frozenset({"-h", "--help", "--version"})
+
+
+def prestart_for_command_line(argv: list[str]) -> None:
+    """``prestart_fork_server`` from the raw command line, before the CLI has parsed it (pipeline/launch.py): for
+    ``altsieve run`` and ``altsieve ingest``. A run that then fails its checks stops the unused server at exit."""
+    words = [arg for arg in argv if not arg.startswith("-")]
+    if not words or words[0] not in _WORKER_COMMANDS or _NO_PASS_FLAGS & set(argv):
+        return
+    prestart_fork_server(argv)
 
 
 def stop_fork_server() -> None:

@@ -171,3 +171,29 @@ def test_beam_and_the_stages_load_without_pandas_or_pymongo_which_stay_importabl
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "(1, 1) 1"
     assert "bson" not in result.stderr  # mongodbio's warning that it found none: ours to expect, not the user's
+
+
+def test_the_command_line_starts_the_fork_server_for_run_and_ingest_only(monkeypatch) -> None:
+    """pipeline/launch.py starts it from the raw command line, before the CLI's imports."""
+    started = []
+    monkeypatch.setattr(beam_worker, "local_cores", lambda: 4)
+    monkeypatch.setattr(beam_worker, "start_fork_server", lambda: started.append(True))
+    for argv, starts in (
+        (["run", "urls.parquet", "-o", "out"], True),
+        (["--debug", "ingest", "urls.parquet", "-o", "out"], True),
+        (["run", "urls.parquet", "-o", "out", "--direct_num_workers", "1"], False),  # the user's worker setting
+        (["run", "--help"], False),
+        (["select", "-o", "out"], False),
+        (["audit", "out", "--report", "r"], False),
+        (["--version"], False),
+        ([], False),
+    ):
+        started.clear()
+        beam_worker.prestart_for_command_line(argv)
+        assert bool(started) == starts, argv
+
+
+def test_python_dash_m_altsieve_is_the_altsieve_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "altsieve", "--version"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("altsieve "), result.stderr[-2000:]

@@ -14,7 +14,7 @@ Pairs a cheap rule already dropped pass through without a request.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apache_beam as beam
 import pyarrow as pa
@@ -23,8 +23,10 @@ from apache_beam.transforms.window import GlobalWindows
 
 from altsieve.core.config import DownloadConfig
 from altsieve.core.layout import Column
-from altsieve.transforms.fetch import Fetcher, FetchResult, FetchWindow
 from altsieve.transforms.read_inputs import Partition
+
+if TYPE_CHECKING:  # the fetcher (and aiohttp, 0.26-0.35 s to import) loads in the workers only: see setup()
+    from altsieve.transforms.fetch import Fetcher, FetchResult, FetchWindow
 
 # The fields this stage sets on every record it fetches.
 COLUMNS = (
@@ -47,6 +49,10 @@ class _DownloadPartitions(beam.DoFn):
         self._reported: dict[str, int] = {}
 
     def setup(self) -> None:
+        # Imported here, not at the top: the launcher builds this stage but never fetches, and importing aiohttp
+        # (0.26-0.35 s) was on its way to starting the workers. The fork server preloads it (beam_worker.PRELOAD).
+        from altsieve.transforms.fetch import Fetcher
+
         self._fetcher = Fetcher(self._config)
 
     def teardown(self) -> None:
@@ -58,6 +64,8 @@ class _DownloadPartitions(beam.DoFn):
         previous = getattr(self, "_window", None)
         if previous is not None:  # a failed bundle's fetches: nobody will take their results
             previous.cancel()
+        from altsieve.transforms.fetch import FetchWindow
+
         config = self._config
         run_ahead = config.run_ahead_mib * 2**20
         self._window: FetchWindow[dict[str, Any]] = FetchWindow(
