@@ -258,7 +258,7 @@ def build_reshard(pipeline: beam.Pipeline, config: Config, output: str, partitio
     it writes their decisions (``altsieve run``); None: the decisions an earlier select pass wrote."""
     samples = config.output.samples_per_shard
     language = config.language if config.output.split_by_language else None
-    source = pipeline | "Partitions" >> beam.Create(partitions) if decided is None else decided
+    source = (pipeline | "Partitions" >> beam.Create(partitions)) if decided is None else decided
     counts = (
         source
         | "CountKept" >> beam.FlatMap(
