@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
+import signal
 import sys
 import time
 from typing import Any
@@ -371,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     try:
         return _dispatch(args, beam_args)
+    except BrokenPipeError:
+        # Whoever read the output has gone (`altsieve recipes | head`): end as a command SIGPIPE ends, silently.
+        # What is still buffered for stdout then goes nowhere, not into a second error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as err:
         from altsieve.pipeline.errors import user_error
 

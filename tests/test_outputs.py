@@ -12,6 +12,7 @@ import argparse
 import io
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -335,6 +336,15 @@ def test_the_altsieve_command_flushes_its_output_and_runs_its_exit_handlers(tmp_
     assert failed.returncode == 2
     assert failed.stderr.strip().splitlines() == [f"altsieve: error: input {missing}: no such file"]
     assert failed.stdout == "exit handlers ran\n"
+
+
+def test_a_closed_pipe_ends_the_command_silently_as_sigpipe_would() -> None:
+    """`altsieve recipes | head`: the reader goes away before the output is written."""
+    process = subprocess.Popen([sys.executable, "-m", "altsieve", "recipes", "default"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command has imported what it needs to print anything
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGPIPE and errors == b"", errors[-2000:]
 
 
 def test_a_folder_named_like_a_recipe_never_shadows_it(tmp_path, monkeypatch) -> None:
