@@ -360,8 +360,9 @@ def prestart_fork_server(beam_args: list[str]) -> None:
     start_fork_server()
 
 
-# The commands whose first pass may run worker processes; a help or version request runs none.
-_WORKER_COMMANDS = ("run", "ingest")
+# The commands whose first pass may run worker processes (the CLI and pipeline/launch.py start the fork server for
+# them); a help or version request runs none.
+WORKER_COMMANDS = ("run", "ingest")
 _NO_PASS_FLAGS = frozenset({"-h", "--help", "--version"})
 
 
@@ -369,7 +370,7 @@ def prestart_for_command_line(argv: list[str]) -> None:
     """``prestart_fork_server`` from the raw command line, before the CLI has parsed it (pipeline/launch.py): for
     ``altsieve run`` and ``altsieve ingest``. A run that then fails its checks stops the unused server at exit."""
     words = [arg for arg in argv if not arg.startswith("-")]
-    if not words or words[0] not in _WORKER_COMMANDS or _NO_PASS_FLAGS & set(argv):
+    if not words or words[0] not in WORKER_COMMANDS or _NO_PASS_FLAGS & set(argv):
         return
     prestart_fork_server(argv)
 

@@ -405,7 +405,7 @@ def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
     from altsieve.core import fsutil
     from altsieve.pipeline import beam_worker
 
-    if args.command in ("run", "ingest"):
+    if args.command in beam_worker.WORKER_COMMANDS:
         beam_worker.prestart_fork_server(beam_args)  # before Beam's import below: the two import side by side
     beam_worker.import_beam_lean()  # every command from here on runs a pipeline
     check_beam_args(beam_args)

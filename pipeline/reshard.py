@@ -280,6 +280,11 @@ def build_reshard(pipeline: beam.Pipeline, config: Config, output: str, partitio
     )
 
 
+def _plan_path(output: str) -> str:
+    """``_altsieve/reshard_plan.json``: the shard count and kept pairs, written once every partition is counted."""
+    return layout.meta(output, "reshard_plan.json")
+
+
 def _record_plan(output: str, counts: dict[tuple[str, str], int], samples_per_shard: int,
                  select_done: list[str] | None = None) -> dict[tuple[str, str], int]:
     if select_done is not None:  # the select pass of this pipeline has written every decision file
@@ -288,7 +293,7 @@ def _record_plan(output: str, counts: dict[tuple[str, str], int], samples_per_sh
     per_bucket: dict[str, int] = {}
     for bucket, _ in plan:
         per_bucket[bucket] = per_bucket.get(bucket, 0) + 1
-    fsutil.write_json(layout.meta(output, "reshard_plan.json"),
+    fsutil.write_json(_plan_path(output),
                       {"shards": len(plan), "kept": sum(counts.values()), "buckets": per_bucket})
     return counts
 
@@ -343,8 +348,7 @@ def run_select_and_reshard(config: Config, output: str, beam_args: list[str]) ->
 def _start_reshard(config: Config, output: str) -> dict[str, Any] | None:
     """Before a reshard pipeline: an earlier run's plan removed (the bar's total is this run's); returns the CLIP
     model identity when the final shards carry embeddings (clip-retrieval's layout), else None."""
-    plan_path = layout.meta(output, "reshard_plan.json")
-    fs, resolved = fsutil.filesystem(plan_path)
+    fs, resolved = fsutil.filesystem(_plan_path(output))
     if fs.exists(resolved):
         fs.rm(resolved)
     if not (config.clip.enabled and config.clip.save_embeddings):
@@ -354,7 +358,7 @@ def _start_reshard(config: Config, output: str) -> dict[str, Any] | None:
 
 
 def _reshard_progress(output: str) -> Progress:
-    plan_path = layout.meta(output, "reshard_plan.json")
+    plan_path = _plan_path(output)
 
     def total(_: dict[str, int]) -> int | None:
         return int(fsutil.read_json(plan_path)["kept"]) if fsutil.exists(plan_path) else None
@@ -364,7 +368,7 @@ def _reshard_progress(output: str) -> Progress:
 
 def _finish_reshard(config: Config, output: str) -> None:
     """After a reshard pipeline: an earlier run's surplus shards removed, the shard indexes written."""
-    plan = fsutil.read_json(layout.meta(output, "reshard_plan.json"))["buckets"]
+    plan = fsutil.read_json(_plan_path(output))["buckets"]
     _remove_stale_shards(output, plan)
     for bucket in sorted(plan):
         write_shard_indexes(output, bucket or None, config.output.format)
