@@ -912,6 +912,22 @@ def test_overlong_response_never_reaches_the_next_url(server: _Server, base: str
     assert not set(server.peers[f"{key}-next"]) & set(server.peers[key])
 
 
+@pytest.mark.parametrize("kind", ["uvloop", "asyncio"])
+def test_either_event_loop_keeps_the_guarantees(server: _Server, base: str, kind: str) -> None:
+    # uvloop is the default (less CPU a URL); asyncio's own loop stays the fallback: both give the same answers.
+    import uvloop
+
+    fetcher = _fetcher(event_loop=kind, retries=0, read_timeout_s=0.5)
+    assert fetcher.fetch(f"{base}/ok").body == IMAGE
+    assert isinstance(fetcher._loop, uvloop.Loop) == (kind == "uvloop")
+    assert fetcher.fetch(f"{base}/stall?s=0").reason == reasons.DOWNLOAD_TRUNCATED
+    assert fetcher.fetch(f"{base}/stall?s=2").reason == reasons.DOWNLOAD_TIMEOUT
+    first = fetcher.fetch(f"{base}/over?key=loop-{kind}")
+    assert (first.reason, first.body) in ((None, IMAGE), (reasons.DOWNLOAD_HTTP_ERROR, None))
+    assert fetcher.fetch(f"{base}/ok?key=loop-{kind}-next").body == IMAGE
+    assert not set(server.peers[f"loop-{kind}-next"]) & set(server.peers[f"loop-{kind}"])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Opt-outs: robots.txt, X-Robots-Tag noml, TDMRep
 # ---------------------------------------------------------------------------------------------------------

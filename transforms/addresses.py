@@ -11,6 +11,7 @@ is made to an address that was checked and no second lookup can swap in another 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import time
@@ -160,10 +161,11 @@ def system_lookup(timeout_s: float) -> Lookup:
 
     async def lookup(host: str) -> Answer:
         loop = asyncio.get_running_loop()
+        # Why socket.getaddrinfo in an executor, not loop.getaddrinfo: uvloop's resolves through libuv, and the
+        # same resolver call on either loop keeps one behaviour (and one place the tests' fake DNS stands in).
+        query = functools.partial(socket.getaddrinfo, host, None, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, None, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP), timeout_s
-            )
+            infos = await asyncio.wait_for(loop.run_in_executor(None, query), timeout_s)
         except socket.gaierror as exc:
             # Why: EAI_AGAIN is the resolver saying "try later"; a name that does not exist will not
             # appear within a few seconds, so only the former is retried.
