@@ -152,7 +152,7 @@ def test_the_fork_server_is_started_ahead_only_for_the_local_runner(monkeypatch:
     assert server.process.poll() is not None and not os.path.exists(server.folder)
 
 
-def test_beam_and_the_stages_load_without_pandas_or_pymongo_which_stay_importable() -> None:
+def test_beam_and_the_stages_load_without_pandas_pymongo_or_bigquery_which_stay_importable() -> None:
     script = (
         "import sys\n"
         "from altsieve.pipeline.beam_worker import PRELOAD, import_beam_lean\n"
@@ -164,12 +164,14 @@ def test_beam_and_the_stages_load_without_pandas_or_pymongo_which_stay_importabl
         "pq.write_table(pa.table({'key': ['a'], 'n': [1]}), io.BytesIO())  # pyarrow's first table\n"
         "assert 'pandas' not in sys.modules, 'pandas was imported'\n"
         "assert 'pymongo' not in sys.modules and 'bson' not in sys.modules, 'the MongoDB driver was imported'\n"
+        "assert 'apache_beam.io.gcp.bigquery' not in sys.modules, 'Beam imported its BigQuery IO'\n"
         "import pandas, pymongo\n"
-        "print(pandas.DataFrame({'a': [1]}).shape, pymongo.ASCENDING)\n"
+        "from apache_beam.io.gcp.bigquery import WriteToBigQuery\n"
+        "print(pandas.DataFrame({'a': [1]}).shape, pymongo.ASCENDING, WriteToBigQuery.__name__)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "(1, 1) 1"
+    assert result.stdout.strip() == "(1, 1) 1 WriteToBigQuery"
     assert "bson" not in result.stderr  # mongodbio's warning that it found none: ours to expect, not the user's
 
 
