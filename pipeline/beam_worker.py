@@ -158,7 +158,18 @@ def end_without_teardown(status: int) -> None:
     os._exit(status)
 
 
+def limit_blas_threads() -> None:
+    """OpenBLAS to one thread in this worker process (unless the user set its count), before numpy loads it.
+
+    The local runner already runs one worker per core; OpenBLAS's own pool on top (numpy's matmul, in every pHash)
+    oversubscribed the cores: the zero-latency benchmark's ingest of 2,000 images took 26.8 s and 51.6 CPU-s with
+    it, 12.8 s and 23.1 CPU-s with one thread (bench/bench_ingest_vs_img2dataset.py's corpus, one run each).
+    """
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def main() -> None:
+    limit_blas_threads()  # first: the server's imports load numpy, and its workers inherit the loaded library
     args = sys.argv[1:]
     if args[:1] == ["--serve"] and len(args) == 2:
         serve(int(args[1]))

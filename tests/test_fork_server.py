@@ -62,9 +62,20 @@ def server():
     assert not os.path.exists(started.folder)
 
 
+def _openblas_threads() -> int:
+    """The thread count of the OpenBLAS numpy's wheel bundles (numpy.libs/libscipy_openblas64_-*.so)."""
+    import ctypes
+    import glob
+
+    import numpy
+
+    (library,) = glob.glob(os.path.join(os.path.dirname(numpy.__file__), os.pardir, "numpy.libs", "*openblas*"))
+    return ctypes.CDLL(library).scipy_openblas_get_num_threads64_()
+
+
 class _WhoRanIt(beam.DoFn):
     def process(self, element: int):
-        yield element, os.getpid(), os.getppid()
+        yield element, os.getpid(), os.getppid(), _openblas_threads()
 
 
 def test_local_runner_workers_are_forked_by_the_fork_server(tmp_path: Path) -> None:
@@ -74,11 +85,13 @@ def test_local_runner_workers_are_forked_by_the_fork_server(tmp_path: Path) -> N
         _ = (p | beam.Create(list(range(40)), reshuffle=False) | beam.ParDo(_WhoRanIt())
              | beam.Map(lambda row: ",".join(map(str, row))) | beam.io.WriteToText(str(out)))
     rows = [line.split(",") for path in tmp_path.glob("who*") for line in path.read_text().splitlines()]
-    assert sorted(int(element) for element, _, _ in rows) == list(range(40))
+    assert sorted(int(element) for element, _, _, _ in rows) == list(range(40))
     server = beam_worker._server
     assert server is not None and server.process.poll() is None  # kept for the next multi-process pass
-    assert {int(parent) for _, _, parent in rows} == {server.process.pid}
-    assert os.getpid() not in {int(pid) for _, pid, _ in rows}
+    assert {int(parent) for _, _, parent, _ in rows} == {server.process.pid}
+    assert os.getpid() not in {int(pid) for _, pid, _, _ in rows}
+    # One OpenBLAS thread in each worker (one worker per core already), unless the user set the count.
+    assert {int(threads) for _, _, _, threads in rows} == {int(os.environ.get("OPENBLAS_NUM_THREADS", "1"))}
     # A pass on one in-process worker stops it, and its socket folder goes with it.
     folder = server.folder
     single = beam_run.make_pipeline(["--direct_running_mode=in_memory"])
