@@ -16,8 +16,10 @@ from itertools import accumulate
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from altsieve.core import fsutil, layout, lease
@@ -25,7 +27,14 @@ from altsieve.core.config import Config, ConfigError, LanguageConfig, bucket_of
 from altsieve.pipeline.beam_run import Progress, run_pipeline
 from altsieve.pipeline.select import build_select, ingested_partitions, pass_rows, record_select_done, select_progress
 from altsieve.transforms.progress import ProgressWriter
-from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
+from altsieve.transforms.shards import (
+    iter_tar_images,
+    read_parquet_rows,
+    rows_to_records,
+    schema,
+    write_final_shard,
+    write_shard,
+)
 
 Segment = tuple[str, int, int]  # partition_id, first and one-past-last index among its kept pairs
 # A final shard: (language bucket, index). The bucket is "" unless output.split_by_language, and each bucket
@@ -154,6 +163,28 @@ class _WriteFinalShard(beam.DoFn):
                 yield shard, existing  # written by an earlier run from the same plan
                 return
         started = time.time()
+        extra = {"shard": shard, "plan": plan, **({"bucket": bucket} if bucket else {})}
+        outcomes = self._attributed_outcomes(bucket, task, wanted_by_partition)
+        if self._output_format == "webdataset":  # the candidates' tar entries copied as they are
+            table = kept_rows(self._output, wanted_by_partition, self._extra)
+            if self._clip is not None:  # before the stats file: a shard with stats is complete
+                self._write_embeddings(bucket, shard, rows_to_records(table.to_pylist(), self._extra))
+            sources = [(f"{layout.candidate_prefix(self._output, pid)}.tar", keys)
+                       for pid, keys in sorted(wanted_by_partition.items()) if keys]
+            stats = write_final_shard(prefix, table, sources, started, extra, outcomes)
+            written = table.num_rows
+        else:
+            records = self._kept_records(wanted_by_partition)
+            if self._clip is not None:
+                self._write_embeddings(bucket, shard, sorted(records, key=lambda r: r["key"]))
+            stats = write_shard(prefix, records, self._extra, self._format, started, extra, outcomes,
+                                self._output_format)
+            written = len(records)
+        self._progress.update(f"{bucket}-{shard:05d}", written, done=True)
+        yield shard, stats
+
+    def _kept_records(self, wanted_by_partition: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """The kept pairs' rows with their images (the Parquet output format: the images go in its Parquet)."""
         records: list[dict[str, Any]] = []
         for partition_id, wanted_keys in wanted_by_partition.items():
             wanted = set(wanted_keys)
@@ -165,13 +196,7 @@ class _WriteFinalShard(beam.DoFn):
                 if record["image"] is None:
                     raise RuntimeError(f"candidate shard {candidate}.tar lacks the image of kept pair {record['key']}")
                 records.append(record)
-        if self._clip is not None:  # before the stats file: a shard with stats is complete
-            self._write_embeddings(bucket, shard, sorted(records, key=lambda r: r["key"]))
-        extra = {"shard": shard, "plan": plan, **({"bucket": bucket} if bucket else {})}
-        outcomes = self._attributed_outcomes(bucket, task, wanted_by_partition)
-        stats = write_shard(prefix, records, self._extra, self._format, started, extra, outcomes, self._output_format)
-        self._progress.update(f"{bucket}-{shard:05d}", len(records), done=True)
-        yield shard, stats
+        return records
 
     def _attributed_outcomes(self, bucket: str, task: ShardTask,
                              wanted: dict[str, list[str]]) -> list[dict[str, Any]]:
@@ -209,6 +234,22 @@ class _WriteFinalShard(beam.DoFn):
         image = np.stack([by_key[k][0] for k in keys])
         text = np.stack([by_key[k][1] for k in keys])
         write_embeddings(self._output, bucket or None, shard, image, text, embedding_metadata(records, shard))
+
+
+def kept_rows(output: str, wanted_by_partition: dict[str, list[str]], extra_columns: list[str]) -> pa.Table:
+    """The candidate Parquet rows of the wanted keys, in key order (partitions hold consecutive keys), with the
+    schema write_shard gives them."""
+    target = schema(extra_columns)
+    tables = []
+    for partition_id, keys in sorted(wanted_by_partition.items()):
+        if not keys:
+            continue
+        with fsspec.open(layout.candidate_prefix(output, partition_id) + ".parquet", "rb") as handle:
+            table = pq.read_table(handle)
+        table = table.filter(pc.is_in(table["key"], value_set=pa.array(keys, pa.string())))
+        tables.append(pa.table([table[f.name].cast(f.type) if f.name in table.column_names
+                                else pa.nulls(table.num_rows, f.type) for f in target], schema=target))
+    return pa.concat_tables(tables).combine_chunks() if tables else target.empty_table()
 
 
 def partition_outcomes(output: str, partition_id: str) -> list[dict[str, Any]]:

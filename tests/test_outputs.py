@@ -426,3 +426,70 @@ def test_a_damaged_tar_is_a_read_error_naming_it() -> None:
     garbled[10] ^= 0xFF  # a byte of the first header's name
     with pytest.raises(tarfile.ReadError, match="shard.tar: bad header checksum"):
         list(fsutil.iter_tar_files(io.BytesIO(bytes(garbled)), "shard.tar"))
+
+
+def test_tar_entries_copied_whole_make_the_tar_of_their_members() -> None:
+    """TarWriter.copy of iter_tar_entries' spans (PAX headers of long and non-ASCII names included) gives the bytes
+    TarWriter writes for those members, read with payloads or without."""
+    buffer = io.BytesIO()
+    with fsutil.TarWriter(buffer) as tar:
+        for name, payload in TAR_MEMBERS:
+            tar.add(name, payload)
+    chosen = [1, 2, 3, 4]  # a run from the middle, long and non-ASCII names in it
+    for payloads in (True, False):
+        buffer.seek(0)
+        entries = list(fsutil.iter_tar_entries(buffer, payloads=payloads))
+        assert [e.name for e in entries] == [name for name, _ in TAR_MEMBERS]
+        assert [e.payload for e in entries] == ([p for _, p in TAR_MEMBERS] if payloads else [None] * len(entries))
+        copied = io.BytesIO()
+        with fsutil.TarWriter(copied) as tar:
+            for index in chosen:
+                tar.copy(buffer, entries[index].start, entries[index].end)
+        expected = io.BytesIO()
+        with fsutil.TarWriter(expected) as tar:
+            for index in chosen:
+                tar.add(*TAR_MEMBERS[index])
+        assert copied.getvalue() == expected.getvalue()
+
+
+def test_final_shards_are_what_the_shard_writer_makes_of_the_candidates_rows(demo, tmp_path) -> None:
+    """Reshard copies the kept samples' tar entries from the candidate shards as they are; the final shards are
+    byte for byte what write_shard writes from the candidates' Parquet rows and images (as reshard once did)."""
+    from altsieve.transforms.shards import iter_tar_images, read_parquet_rows, rows_to_records, write_shard
+
+    dataset, _ = demo
+    extra = list(load_config(str(dataset / layout.META_DIR / "config.yaml")).input.save_additional_columns)
+    rows, images = {}, {}
+    for parquet in sorted((dataset / "_candidates").glob("*.parquet")):
+        found = {row["key"]: row for row in read_parquet_rows(str(parquet))}
+        rows.update(found)
+        images.update(iter_tar_images(str(parquet.with_suffix(".tar")), set(found)))
+    finals = sorted(dataset.glob("[0-9]*.tar"))
+    assert finals
+    shown_gap = False
+    for final in finals:
+        keys = [row["key"] for row in read_parquet_rows(str(final.with_suffix(".parquet")))]
+        # Samples of the candidate tars that select dropped, between kept ones: the runs are copied apart.
+        shown_gap = shown_gap or sum(keys[0] <= key <= keys[-1] for key in images) > len(keys)
+        records = rows_to_records([rows[key] for key in keys], extra)
+        for record in records:
+            record["image"] = images[record["key"]]
+        write_shard(str(tmp_path / final.stem), records, extra, "jpg", 0.0)
+        assert (tmp_path / final.name).read_bytes() == final.read_bytes()
+        assert (tmp_path / f"{final.stem}.parquet").read_bytes() == final.with_suffix(".parquet").read_bytes()
+    assert shown_gap
+
+
+def test_sidecars_hold_the_values_the_parquet_holds(tmp_path) -> None:
+    """A tar's sidecar carries a value as its Parquet column stores it (a float32 score), so a final shard that
+    copies a candidate's entries holds what it would write from the candidate's rows."""
+    from altsieve.transforms.shards import write_shard
+
+    record = {"key": "000000000000000", "partition_id": "00000_0000000000", "caption": "a cat", "reason": None,
+              "language_score": 0.1, "image": b"\xff\xd8jpeg"}
+    write_shard(str(tmp_path / "shard"), [record], [], "jpg", 0.0)
+    stored = pq.read_table(tmp_path / "shard.parquet").column("language_score")[0].as_py()
+    assert stored != 0.1  # float32
+    with tarfile.open(tmp_path / "shard.tar") as tar:
+        sidecar = json.loads(tar.extractfile("000000000000000.json").read())  # type: ignore[union-attr]
+    assert sidecar["language_score"] == stored

@@ -195,13 +195,79 @@ def write_shard(
         fsutil.write_atomic(f"{prefix}.parquet",
                             lambda handle: write_parquet_with_images(handle, records, extra_columns, encode_format))
     else:
-        fsutil.write_atomic(f"{prefix}.tar", lambda handle: write_tar(handle, records, encode_format))
         table = to_table(records, extra_columns)
+        stored = as_stored(table, records, extra_columns)
+        fsutil.write_atomic(f"{prefix}.tar", lambda handle: write_tar(handle, stored, encode_format))
         fsutil.write_atomic(f"{prefix}.parquet", lambda handle: pq.write_table(table, handle, compression="zstd"))
-    stats = shard_stats(records if outcomes is None else outcomes, started)
+    return _write_stats(prefix, records if outcomes is None else outcomes, started, extra_stats)
+
+
+def _write_stats(prefix: str, outcomes: Iterable[dict[str, Any]], started: float,
+                 extra_stats: dict[str, Any] | None) -> dict[str, Any]:
+    stats = shard_stats(outcomes, started)
     stats.update(extra_stats or {})
     fsutil.write_json(f"{prefix}_stats.json", stats)
     return stats
+
+
+def as_stored(table: pa.Table, records: list[dict[str, Any]], extra_columns: list[str]) -> list[dict[str, Any]]:
+    """``records`` (the rows of ``table``) as its Parquet holds them, each with its image.
+
+    A tar's sidecars are written from these, the column types applied (a float32 score, a struct's fields in
+    schema order), so they are what the Parquet's rows give: a final shard copies a candidate's entries unchanged
+    (write_final_tar) and holds what it would have written from those rows.
+    """
+    stored = rows_to_records(table.to_pylist(), extra_columns)
+    for row, record in zip(stored, records, strict=True):
+        row["image"] = record.get("image")
+    return stored
+
+
+def write_final_shard(prefix: str, table: pa.Table, sources: list[tuple[str, list[str]]], started: float,
+                      extra_stats: dict[str, Any], outcomes: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """A final webdataset shard made of candidate shards: ``table`` (their kept rows, in key order) as its Parquet,
+    their entries copied into its tar (write_final_tar), then its stats; each atomically, in write_shard's order.
+
+    The same files write_shard makes from those rows with their images, with less Python: the one final shard of
+    the web benchmark's 4,565 samples took 1.10 s that way and 0.66 s this way (cProfile), half of it the scan of the
+    candidates' headers; select and reshard of that run, in one process, 3.8-4.3 s before and 3.0 s after.
+    """
+    fsutil.write_atomic(f"{prefix}.tar", lambda handle: write_final_tar(handle, sources))
+    fsutil.write_atomic(f"{prefix}.parquet", lambda handle: pq.write_table(table, handle, compression="zstd"))
+    return _write_stats(prefix, outcomes, started, extra_stats)
+
+
+def write_final_tar(handle: IO[bytes], sources: list[tuple[str, list[str]]]) -> int:
+    """The samples ``sources`` name, ``(candidate tar, keys)`` in key order: each one's entries (image, caption,
+    sidecar) copied as they are from its candidate tar, where they lie in key order too. Returns how many.
+
+    A kept key whose image is not in its candidate tar is an error (the candidate shards were damaged).
+    """
+    count = 0
+    images = set(EXTENSIONS.values())
+    with fsutil.TarWriter(handle) as tar:
+        for path, keys in sources:
+            wanted = set(keys)
+            with fsspec.open(path, "rb") as source:
+                spans: list[list[int]] = []  # runs of wanted entries, each copied in one piece
+                with_image = set()
+                for entry in fsutil.iter_tar_entries(source, path, payloads=False):
+                    key, _, extension = entry.name.rpartition(".")
+                    if key not in wanted:
+                        continue
+                    if extension in images:
+                        with_image.add(key)
+                    if spans and spans[-1][1] == entry.start:
+                        spans[-1][1] = entry.end
+                    else:
+                        spans.append([entry.start, entry.end])
+                if wanted - with_image:
+                    missing = min(wanted - with_image)
+                    raise RuntimeError(f"candidate shard {path} lacks the image of kept pair {missing}")
+                for start, end in spans:
+                    tar.copy(source, start, end, path)
+            count += len(wanted)
+    return count
 
 
 def read_parquet_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any]]:

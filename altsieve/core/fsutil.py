@@ -11,7 +11,7 @@ import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import fsspec
 
@@ -88,6 +88,7 @@ def write_text(path: str, text: str) -> None:
 # same bytes (best of 5, in memory). Only what the shards need: regular files, front to back, uncompressed.
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tarfile and GNU tar pad an archive to whole records of 20 blocks
+_COPY_CHUNK = 1 << 22
 
 
 def _ustar_header(name: bytes, size: int) -> bytes:
@@ -122,6 +123,18 @@ class TarWriter:
         self._write(payload)
         self._write(bytes(-len(payload) % _BLOCK))
 
+    def copy(self, source: IO[bytes], start: int, end: int, where: str = "tar") -> None:
+        """Bytes ``start`` to ``end`` of another tar on ``source``: whole entries of it (TarEntry's offsets), as they
+        are."""
+        source.seek(start)
+        left = end - start
+        while left:
+            chunk = source.read(min(left, _COPY_CHUNK))
+            if not chunk:
+                raise tarfile.ReadError(f"{where}: cut short inside a member")
+            self._write(chunk)
+            left -= len(chunk)
+
     def close(self) -> None:
         self._write(bytes(2 * _BLOCK))  # the end-of-archive marker
         self._write(bytes(-self._written % _RECORD))
@@ -138,12 +151,32 @@ class TarWriter:
         self._written += len(data)
 
 
+class TarEntry(NamedTuple):
+    """A regular file of a tar: its name, its payload (None when read without) and where its whole entry lies."""
+
+    name: str
+    payload: bytes | None
+    start: int  # the offset of its first header block (a PAX or GNU long-name header before it included)
+    end: int  # the offset just past its payload's padding
+
+
 def iter_tar_files(handle: IO[bytes], where: str = "tar") -> Iterator[tuple[str, bytes]]:
     """``(name, payload)`` of each regular file of an uncompressed tar, read front to back (ustar, PAX, GNU names).
 
     A damaged archive raises tarfile.ReadError, naming ``where``, as tarfile itself would.
     """
+    for entry in iter_tar_entries(handle, where):
+        yield entry.name, entry.payload  # type: ignore[misc]  # read with payloads
+
+
+def iter_tar_entries(handle: IO[bytes], where: str = "tar", payloads: bool = True) -> Iterator[TarEntry]:
+    """Each regular file of an uncompressed tar, front to back (ustar, PAX, GNU names), with its entry's offsets.
+
+    ``payloads`` False: the files' payloads are seeked past, not read (a cut-short last one is not noticed here).
+    A damaged archive raises tarfile.ReadError, naming ``where``, as tarfile itself would.
+    """
     long_name: str | None = None
+    offset = start = 0
     while True:
         header = handle.read(_BLOCK)
         if not header.strip(b"\0"):
@@ -160,27 +193,38 @@ def iter_tar_files(handle: IO[bytes], where: str = "tar") -> Iterator[tuple[str,
         if checksum != sum(header[:148]) + 256 + sum(header[156:]):
             raise tarfile.ReadError(f"{where}: bad header checksum")
         kind = header[156:157]
-        payload = handle.read(size)
-        if len(payload) < size:
-            raise tarfile.ReadError(f"{where}: cut short inside a member")
-        handle.read(-size % _BLOCK)
+        padded = size + -size % _BLOCK
+        offset += _BLOCK + padded
+        is_file = kind in (b"0", b"\0", b"7")
+        payload: bytes | None = None
+        if payloads or not is_file:
+            payload = handle.read(size)
+            if len(payload) < size:
+                raise tarfile.ReadError(f"{where}: cut short inside a member")
+            handle.read(padded - size)
+        else:
+            handle.seek(padded, 1)
         if kind == b"x":  # PAX extended header: "<length> key=value\n" records; the path is the next file's name
-            for record in payload.decode("utf-8", "surrogateescape").split("\n"):
+            for record in payload.decode("utf-8", "surrogateescape").split("\n"):  # type: ignore[union-attr]
                 key, _, value = record.partition(" ")[2].partition("=")
                 if key == "path":
                     long_name = value
             continue
         if kind == b"L":  # GNU long name
-            long_name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            long_name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape")  # type: ignore[union-attr]
             continue
-        if kind in (b"g", b"K"):  # PAX global header, GNU long link name
+        if kind == b"K":  # GNU long link name
+            continue
+        if kind == b"g":  # PAX global header: no part of the next file's entry
+            start = offset
             continue
         name, long_name = long_name, None
-        if kind not in (b"0", b"\0", b"7"):
+        entry_start, start = start, offset
+        if not is_file:
             continue  # directories, links, devices: no file of ours
         if name is None:
             name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             prefix = header[345:500].split(b"\0", 1)[0]
             if header[257:262] == b"ustar" and prefix:
                 name = f"{prefix.decode('utf-8', 'surrogateescape')}/{name}"
-        yield name, payload
+        yield TarEntry(name, payload, entry_start, offset)
