@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from tqdm import tqdm
 
 from altsieve.core import lease
-from altsieve.pipeline import beam_worker
+from altsieve.pipeline import beam_memo, beam_worker
 from altsieve.pipeline.beam_worker import given_flags, local_cores
 from altsieve.transforms import progress
 
@@ -73,6 +73,7 @@ def pipeline_options(beam_args: list[str], workers: int | None = None) -> Pipeli
 
 def make_pipeline(beam_args: list[str], workers: int | None = None) -> beam.Pipeline:
     """A pipeline on the runner ``beam_args`` name, or on the local FnApiRunner (see the module's docstring)."""
+    beam_memo.install()  # where the CLI has not (altsieve used as a library)
     remove_dead_runs_temp_folders()
     return _with_own_temp_folder(_make_pipeline(beam_args, workers))
 

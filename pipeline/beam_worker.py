@@ -95,10 +95,17 @@ def import_beam_lean() -> None:
     makes from Python values (its shim remembers the answer). That was 0.3 s of each launcher's and worker's start
     (``import apache_beam``: 0.90-0.97 s with pandas, 0.63-0.65 s without) and 0.3 s more at each one's first
     Parquet table. pymongo and bson: 0.10-0.15 s more of the same import (three interleaved runs, 0.89-0.99 s with
-    them, 0.79-0.89 s without), on the launcher's way to its first pipeline.
+    them, 0.79-0.89 s without), on the launcher's way to its first pipeline. Then two of Beam's introspections are
+    remembered per object (beam_memo).
     """
-    if "pandas" in sys.modules:
-        return
+    if "pandas" not in sys.modules:
+        _import_without_kept_out()
+    from altsieve.pipeline import beam_memo
+
+    beam_memo.install()
+
+
+def _import_without_kept_out() -> None:
     finder = _KeptOut()
     sys.meta_path.insert(0, finder)
     # mongodbio warns that it found no bson package: true, and by our doing, so not worth a line on the terminal.
