@@ -190,7 +190,8 @@ def build_select(pipeline: beam.Pipeline, config: Config, output: str, partition
     """The select pass on ``pipeline``; returns the ids of the partitions whose decision files it has written."""
     rules = corpus_rules(config, output, rows)
     columns = list(dict.fromkeys([*BASE_COLUMNS, *(c for _, rule in rules for c in rule.columns)]))
-    partition_ids = pipeline | "Partitions" >> beam.Create(partitions) | "Spread" >> beam.Reshuffle()
+    # Spread's shuffle spreads the partitions over the workers: Create's own (a stage of its own) would do it twice.
+    partition_ids = pipeline | "Partitions" >> beam.Create(partitions, reshuffle=False) | "Spread" >> beam.Reshuffle()
     writer = ProgressWriter(output, "select")  # the launcher's bar: pairs read, then pairs decided
     rows = partition_ids | "ReadMetadata" >> beam.FlatMap(lambda pid: _read_passing(output, pid, columns, writer))
     all_drops, _ = chain_rules(rows, rules, kept=False)  # the kept pairs are the rest of each partition
