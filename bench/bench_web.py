@@ -50,6 +50,15 @@ class SimServer:
         self.info = json.loads(self.process.stdout.readline())
         return self
 
+    def cpu_seconds(self) -> float | None:
+        """The server's CPU-seconds so far (user + sys, its children's included); None where /proc is not there."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
     def __exit__(self, *exc: object) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
@@ -118,13 +127,14 @@ def main() -> None:
     print(f"simulated web: {info['pages']} URLs, {info['kinds']}, {info['good_images']} serve an image, "
           f"{info['mean_bytes'] / 1024:.0f} KB mean; ready in {time.perf_counter() - started:.0f} s; "
           f"{cores()} cores", flush=True)
-    rows: dict[str, list[tuple[float, float, int]]] = {"img2dataset": [], "altsieve run": []}
+    rows: dict[str, list[tuple[float, float, int, float | None]]] = {"img2dataset": [], "altsieve run": []}
     kept: list[int] = []
     try:
         for repeat in range(args.repeats):
             for label in rows:
                 output = work / f"{label.split()[0]}-{repeat}"
-                with SimServer(args.pages, args.seed, cache, input_path):
+                with SimServer(args.pages, args.seed, cache, input_path) as server:
+                    sim_before = server.cpu_seconds()
                     if label == "img2dataset":
                         wall, cpu = run_measured(img2dataset(input_path, output))
                         images = img2dataset_images(output)
@@ -132,22 +142,30 @@ def main() -> None:
                         wall, cpu = run_measured(altsieve(input_path, output))
                         images, final = altsieve_images(output)
                         kept.append(final)
-                rows[label].append((wall, cpu, images))
-                print(f"repeat {repeat}: {label}: {images} images in {wall:.1f} s, {cpu:.1f} CPU-s", flush=True)
+                    sim_after = server.cpu_seconds()
+                sim_cpu = sim_after - sim_before if sim_before is not None and sim_after is not None else None
+                rows[label].append((wall, cpu, images, sim_cpu))
+                print(f"repeat {repeat}: {label}: {images} images in {wall:.1f} s, {cpu:.1f} CPU-s"
+                      f" (the simulated web: {_cpu_text(sim_cpu)} CPU-s)", flush=True)
                 shutil.rmtree(output, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\n{'tool':<16}{'images':>8}{'wall s':>9}{'images/s':>10}{'CPU-s/img':>11}{'ceiling/s':>11}"
-          f"{'of ceiling':>12}{'ratio':>8}")
+          f"{'of ceiling':>12}{'ratio':>8}{'sim CPU-s':>11}{'of cores left':>15}")
     best = {label: min(runs, key=lambda run: run[0]) for label, runs in rows.items()}
     baseline = best["img2dataset"][2] / best["img2dataset"][0]
-    for label, (wall, cpu, images) in best.items():
+    for label, (wall, cpu, images, sim_cpu) in best.items():
         rate, per_image = images / wall, cpu / max(images, 1)
         ceiling = cores() / per_image
+        left = f"{cpu / (cores() * wall - sim_cpu):.2f}" if sim_cpu is not None else "n/a"
         print(f"{label:<16}{images:>8}{wall:>9.1f}{rate:>10.1f}{per_image * 1000:>9.2f}ms{ceiling:>11.1f}"
-              f"{rate / ceiling:>12.2f}{rate / baseline:>8.2f}")
+              f"{rate / ceiling:>12.2f}{rate / baseline:>8.2f}{_cpu_text(sim_cpu):>11}{left:>15}")
     print(f"(altsieve run kept {kept[-1]} pairs after its rules and deduplication; images = fetched and decoded)")
+
+
+def _cpu_text(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:.1f}"
 
 
 if __name__ == "__main__":
