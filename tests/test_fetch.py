@@ -1029,6 +1029,36 @@ def test_stalled_host_trips_the_breaker_without_holding_other_hosts(server: _Ser
     assert fetcher.stats()["breaker_trips"] == 1
 
 
+@pytest.mark.parametrize("release_s", [0.2, None])
+def test_a_stalled_body_gives_its_host_slot_back(base: str, release_s: float | None) -> None:
+    # One connection to the host: the stall holds it until its idle timeout unless it gives it back.
+    fetcher = _fetcher(read_timeout_s=5, idle_timeout_s=1.0, retries=0, concurrency=8, per_host_concurrency=1,
+                       stall_release_s=release_s)
+    urls = [("stall", f"{base}/stall?s=3&key=release{release_s}")]
+    urls += [(f"ok{i}", f"{base}/slow?d=0.05&key=release{release_s}-{i}") for i in range(2)]
+    results = dict(fetcher.fetch_many(urls))
+    assert results["stall"].reason == reasons.DOWNLOAD_TIMEOUT
+    assert all(results[f"ok{i}"].reason is None for i in range(2))
+    slowest = max(results[f"ok{i}"].elapsed_s for i in range(2))
+    if release_s is None:
+        assert slowest >= 1.0  # queued behind the stall's whole idle timeout
+    else:
+        assert slowest < 0.8  # the stall gave the slot back after 0.2 s of silence
+
+
+def test_stalls_give_back_at_most_the_hosts_share_of_slots(base: str) -> None:
+    fetcher = _fetcher(read_timeout_s=5, idle_timeout_s=1.0, retries=0, concurrency=8, per_host_concurrency=1,
+                       stall_release_s=0.2)
+    # The first stall gives its slot to the second; the second may not (one released connection per slot at
+    # most), so the fast URLs wait for it: at 1.2 s, not at 0.45 s (unbounded) nor 2.0 s (no release).
+    urls = [(f"stall{i}", f"{base}/stall?s=3&key=share{i}") for i in range(2)]
+    urls += [(f"ok{i}", f"{base}/slow?d=0.05&key=share-ok{i}") for i in range(2)]
+    results = dict(fetcher.fetch_many(urls))
+    assert [results[f"stall{i}"].reason for i in range(2)] == [reasons.DOWNLOAD_TIMEOUT] * 2
+    slowest = max(results[f"ok{i}"].elapsed_s for i in range(2))
+    assert 1.0 < slowest < 1.8
+
+
 def test_timeouts_are_left_for_retry_failed(base: str) -> None:
     result = _fetcher(read_timeout_s=0.3, retries=2).fetch(f"{base}/stall?s=1")
     assert result.reason == reasons.DOWNLOAD_TIMEOUT and result.transient and result.attempts == 1

@@ -24,7 +24,8 @@ Time model
   response (status, headers and body) must arrive within ``read_timeout_s``: a hard deadline, so a
   server that drips one byte a second cannot stretch it. Once the body has started, a gap of
   ``idle_timeout_s`` with no byte is a stall and ends the request then (a stalled response costs that,
-  not the whole read timeout).
+  not the whole read timeout). A body silent for ``stall_release_s`` gives its host slot back meanwhile
+  (``hosts.SlotHold``): the host's next URL need not wait for a stall to time out.
 * One attempt, all its redirect hops included, gets ``connect_timeout_s + read_timeout_s``; waiting for
   our own per-host slot or rate is not charged.
 * Timeouts are not retried in line (``retry_timeouts`` turns that on): a stalled server costs one
@@ -89,7 +90,7 @@ from altsieve.transforms.addresses import (
     parse_networks,
     system_lookup,
 )
-from altsieve.transforms.hosts import HostLimits, Hosts
+from altsieve.transforms.hosts import HostLimits, Hosts, SlotHold
 
 logger = logging.getLogger(__name__)
 
@@ -596,11 +597,11 @@ class Fetcher:
                            max_bytes: int | None = None) -> tuple[float, _Response]:
         """One request inside the host's slot; counts its outcome for the host's circuit breaker."""
         host = self._hosts.get(target.host)
-        async with host.slot():
+        async with host.slot() as hold:
             self._check_breaker(target)
             started = time.monotonic()
             try:
-                response = await self._hop(target, started + budget, image=image, max_bytes=max_bytes)
+                response = await self._hop(target, started + budget, image=image, max_bytes=max_bytes, hold=hold)
             except _Failure as failure:
                 if failure.status is not None:  # an HTTP answer, even an error, says the host is up
                     host.record(failed=False, started=started)
@@ -731,12 +732,14 @@ class Fetcher:
 
     # ---- one request ------------------------------------------------------------------------------------
 
-    async def _hop(self, target: _Target, deadline: float, *, image: bool, max_bytes: int | None) -> _Response:
+    async def _hop(self, target: _Target, deadline: float, *, image: bool, max_bytes: int | None,
+                   hold: SlotHold | None = None) -> _Response:
         """One request/response; the connect phase and the response each under their own deadline."""
         cfg = self._config
         loop = asyncio.get_running_loop()
         started = loop.time()
         response_deadline = float("inf")
+        stall = _StallWatch(loop, hold, cfg.stall_release_s) if hold is not None and cfg.stall_release_s else None
         if ip_literal(target.host) is not None:  # aiohttp connects to a literal without asking the resolver
             await self._check_address(target)
         try:
@@ -750,6 +753,8 @@ class Fetcher:
                     def next_read() -> None:  # the body must keep coming: a gap of idle_timeout_s is a stall
                         timer.reschedule(min(response_deadline, loop.time() + cfg.idle_timeout_s))
                         phase.name = "idle"
+                        if stall is not None:
+                            stall.read()
 
                     return await self._consume(resp, image=image, max_bytes=max_bytes or cfg.max_bytes,
                                                next_read=next_read)
@@ -765,6 +770,9 @@ class Fetcher:
             raise _classify(exc) from None
         except ValueError as exc:  # yarl / aiohttp refusing the request line
             raise _Failure(reasons.URL_INVALID, f"invalid request: {exc}"[:200]) from None
+        finally:
+            if stall is not None:
+                stall.cancel()
 
     async def _consume(self, resp: aiohttp.ClientResponse, *, image: bool, max_bytes: int,
                        next_read: Callable[[], None]) -> _Response:
@@ -829,6 +837,36 @@ class Fetcher:
                 raise _Failure(reasons.DOWNLOAD_TOO_LARGE, f"body exceeds {max_bytes} bytes",
                                status=status, content_type=ctype)
         return _Response(status, ctype, bytes(body))
+
+
+class _StallWatch:
+    """Gives a request's host slot back once its body has sent nothing for ``after_s`` (a suspected stall): one
+    timer a request, moved on only when it fires early (a normal response ends before it ever does)."""
+
+    __slots__ = ("_loop", "_hold", "_after", "_last", "_timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, hold: SlotHold, after_s: float) -> None:
+        self._loop, self._hold, self._after = loop, hold, after_s
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def read(self) -> None:
+        self._last = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._last + self._after, self._check)
+
+    def _check(self) -> None:
+        due = self._last + self._after
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+            return
+        self._timer = None
+        self._hold.release_stalled()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _deliver(future: cf.Future[FetchResult], task: asyncio.Task[FetchResult]) -> None:

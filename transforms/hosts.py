@@ -46,6 +46,7 @@ class HostState:
         self.failures = 0  # consecutive timeouts / connection failures
         self.last_success = float("-inf")
         self.open_until = 0.0
+        self.stalled_open = 0  # connections whose slot a suspected stall gave back (SlotHold.release_stalled)
 
     def breaker_open(self) -> bool:
         return self._clock() < self.open_until
@@ -85,18 +86,52 @@ class HostState:
         return send_at - now
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[SlotHold]:
         """Hold one of the host's connections; waits (uncharged to any deadline) for a pause, a slot and the rate."""
         self.users += 1
         try:
             await self._wait_pause()
-            async with self._slots:
+            await self._slots.acquire()
+            hold = SlotHold(self)
+            try:
                 if (delay := self._reserve()) > 0:
                     await asyncio.sleep(delay)
                 await self._wait_pause()  # a 429 may have paused the host while we queued
-                yield
+                yield hold
+            finally:
+                hold.end()
         finally:
             self.users -= 1
+
+
+class SlotHold:
+    """One request's hold on a host slot. A response whose body has stopped coming (a suspected stall) may give
+    the slot back early (``release_stalled``), so that the host's next URL starts while it waits out its idle
+    timeout; at most ``concurrency`` such connections per host stay open beside the ``concurrency`` that count."""
+
+    __slots__ = ("_host", "_released", "_ended")
+
+    def __init__(self, host: HostState) -> None:
+        self._host, self._released, self._ended = host, False, False
+
+    def release_stalled(self) -> bool:
+        """Give the slot back while the request waits on; False when already given or the host has its share."""
+        host = self._host
+        if self._released or self._ended or host.stalled_open >= host._limits.concurrency:
+            return False
+        self._released = True
+        host.stalled_open += 1
+        host._slots.release()
+        return True
+
+    def end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._released:
+            self._host.stalled_open -= 1
+        else:
+            self._host._slots.release()
 
 
 class Hosts:

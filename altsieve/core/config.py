@@ -68,6 +68,11 @@ class DownloadConfig(_Section):
     # 3 s outlasts two lost TCP segments in a row; the last stalls of a run end its ingest, which at 5 s took
     # 25.3-25.6 s on bench/bench_web.py's web (ingest alone, twice each) and 20.9-23.3 s at 3 s.
     idle_timeout_s: float = Field(3.0, gt=0)
+    # A body with no byte for this long gives its host slot back while it waits out idle_timeout_s, so that a stall
+    # holds no other URL of its host (at most per_host_concurrency such connections per host). None: never.
+    # bench/bench_web.py's `altsieve run`, two interleaved pairs: 19.3 and 18.7 s with None, 16.7 and 16.7 s at 1 s
+    # (its busiest host, a quarter of the URLs, had spent 31 % of its slot time on its 3 % of stalls).
+    stall_release_s: float | None = Field(1.0, gt=0)
     # Extra attempts for 5xx, 429 and connection failures; a timeout is left for --retry-failed (retry_timeouts).
     retries: int = Field(2, ge=0, le=10)
     retry_timeouts: bool = False
