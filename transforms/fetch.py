@@ -71,14 +71,10 @@ import aiohttp
 from aiohttp.abc import AbstractResolver
 from yarl import URL
 
-try:  # uvloop has no Windows build; asyncio's own loop stands in there
-    import uvloop
-except ImportError:  # pragma: no cover - only where uvloop is not installed
-    uvloop = None
-
 from altsieve import __version__
 from altsieve.core import reasons
 from altsieve.core.config import DownloadConfig
+from altsieve.core.eventloop import new_event_loop
 from altsieve.transforms import optout
 from altsieve.transforms.addresses import (
     AddressBlocked,
@@ -879,13 +875,6 @@ def _deliver(future: cf.Future[FetchResult], task: asyncio.Task[FetchResult]) ->
         future.set_exception(exc)
     else:
         future.set_result(task.result())
-
-
-def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """A new event loop of ``kind`` ("uvloop" or "asyncio"); asyncio's where uvloop is not installed."""
-    if kind == "uvloop" and uvloop is not None:
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def _cancel_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[FetchResult], future: cf.Future[Any]) -> None:

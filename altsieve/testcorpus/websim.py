@@ -36,10 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-try:  # uvloop has no Windows build; asyncio's own loop stands in there
-    import uvloop
-except ImportError:  # pragma: no cover - only where uvloop is not installed
-    uvloop = None
+from altsieve.core.eventloop import new_event_loop
 
 NORMAL, NOT_FOUND, STALL, RESET, ROBOTS_DISALLOWED, TDM_RESERVED = (
     "ok", "not_found", "stall", "reset", "robots_disallowed", "tdm_reserved")
@@ -229,7 +226,7 @@ class WebSimServer:
     def start(self) -> int:
         # uvloop: the simulator shares the client's cores, and asyncio's loop spent 3.4-3.8 CPU-s of a bench_web
         # run of altsieve, uvloop 2.5-3.5 (four interleaved pairs, sampled from /proc)
-        self._loop = uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="websim", daemon=True)
         self._thread.start()
         self.port = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(timeout=30)
