@@ -155,18 +155,41 @@ class Progress:
         progress.clear(self._output, self._pass)  # a killed run's counts
         # Not a terminal (a log file, CI): a line every 10 s instead of a redrawn bar.
         self._interactive = sys.stderr.isatty()
+        # A log file gets each bar's lines in turn at position 0: a second bar's own position would be reached by
+        # moving the cursor up (ESC [A), which a log keeps as garbage.
         self._bar = tqdm(desc=self._label, total=None if callable(self._total) else self._total, unit=self._unit,
                          file=sys.stderr, dynamic_ncols=True, smoothing=0.1,
-                         mininterval=0.5 if self._interactive else 10.0)
+                         mininterval=0.5 if self._interactive else 10.0, position=None if self._interactive else 0)
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop_polling(self) -> None:
+        """The bar takes its last count and polls no more (once; after ``__enter__``)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join(timeout=5)
         self._poll()
-        if self._bar is not None:
-            self._bar.close()
+
+    def finish(self) -> None:
+        """The pass is done: its last count and its final line, now (``__exit__`` then does only the rest)."""
+        if self._bar is None:
+            return
+        self.stop_polling()
+        self._bar.close()
+        self._bar = None
+
+    @staticmethod
+    def finish_in_order(*bars: Progress) -> None:
+        """Bars shown at once, finished in the order given: each takes its last count first, so that no bar below
+        one that closed redraws (in a terminal it would then be drawn again one line lower)."""
+        for bar in bars:
+            bar.stop_polling()
+        for bar in bars:
+            bar.finish()
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
         try:
             progress.clear(self._output, self._pass)
         except OSError as err:  # never hide the pass's own error behind a cleanup failure

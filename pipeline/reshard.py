@@ -378,10 +378,11 @@ def run_select_and_reshard(config: Config, output: str, beam_args: list[str]) ->
         decided = build_select(pipeline, config, output, partitions, rows)
         build_reshard(pipeline, config, output, partitions, clip_identity, decided)
 
-    with select_progress(output, partitions), _reshard_progress(output):
+    with select_progress(output, partitions) as select_bar, _reshard_progress(output) as reshard_bar:
         # Local workers as for reshard alone (from 20,000 rows; select alone: 50,000): copying the images is the
         # larger part of the work.
         metrics = run_pipeline(build, beam_args, rows, ROWS_PER_WORKER)
+        Progress.finish_in_order(select_bar, reshard_bar)  # select's final line first, as the passes ran
     _finish_reshard(config, output)
     return metrics
 

@@ -380,6 +380,26 @@ def test_progress_counts_pairs_per_partition_as_they_go(tmp_path) -> None:
     assert not (tmp_path / layout.META_DIR).exists()  # nothing left behind
 
 
+def test_progress_in_a_log_file_has_no_cursor_moves_and_ends_passes_in_order(tmp_path, monkeypatch) -> None:
+    """Two bars at once (select and reshard of `altsieve run`) written to a log, not a terminal: plain lines, no
+    ESC [A to reach a second bar's line, and the pass finished first ends first."""
+    from altsieve.pipeline.beam_run import Progress
+    from altsieve.transforms.progress import ProgressWriter
+
+    log = io.StringIO()  # not a tty
+    monkeypatch.setattr(sys, "stderr", log)
+    with Progress("first", str(tmp_path), "select", total=3) as first, \
+            Progress("second", str(tmp_path), "reshard", total=5) as second:
+        ProgressWriter(str(tmp_path), "select").update("p0", 3, done=True)
+        ProgressWriter(str(tmp_path), "reshard").update("s0", 5, done=True)
+        Progress.finish_in_order(first, second)
+    text = log.getvalue()
+    assert "\x1b" not in text
+    finals = [line.split(":")[0] for line in text.replace("\r", "\n").splitlines() if "100%" in line]
+    assert finals == ["first", "second"]
+    assert "3/3" in text and "5/5" in text
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The shards' tar writer and reader (core.fsutil, faster than tarfile)
 
