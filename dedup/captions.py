@@ -111,6 +111,9 @@ class MinHashScheme:
         order = np.lexsort((j, i))
         return i[order].astype(np.int64), j[order].astype(np.int64)
 
+    def near(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        return (first == second).mean(axis=1) >= self.threshold  # datasketch's MinHash.jaccard, row by row
+
 
 def _attach_first(element: tuple[str, dict[str, list[Any]]], num_perm: int, shingle_size: int):
     """Candidate pairs keyed by their smaller key: its signature, computed once, rides to the larger key."""

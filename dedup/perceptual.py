@@ -84,6 +84,9 @@ class PHashScheme:
     def close_pairs(self, payload: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return hamming_pairs(payload.astype(np.uint64), self.max_distance)
 
+    def near(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(first.astype(np.uint64) ^ second.astype(np.uint64)) <= self.max_distance
+
 
 def phash_payload(values: list[Any]) -> np.ndarray:
     """Parquet's signed int64 pHash values -> the uint64 hashes (same bits)."""

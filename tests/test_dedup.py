@@ -248,6 +248,38 @@ def test_perceptual_rule_equals_brute_force(max_distance, bands, shard_bits, tmp
     assert got  # the planted copies are there
 
 
+def test_perceptual_rule_with_crowded_bands_equals_brute_force(tmp_path) -> None:
+    # 400 distinct hashes agree on their first band, with near copies among them: that band's group holds runs of
+    # hundreds of representatives (paired run by run), the others runs of a few (paired all at once).
+    shift, width = band_layout(5)[0]
+    mask = ((1 << width) - 1) << shift
+    hashes = random_hashes(1200, seed=11, copy_share=0.3)
+    hashes[:400] = [(h & ~mask) | (0x5A5A5A5A5A5A5A5A & mask) for h in hashes[:400]]
+    rows = [{"key": key_of(i), "partition_id": partition_of(i), "phash": phash_to_int64(h)}
+            for i, h in enumerate(hashes)]
+    drops = run_rules([("P", PerceptualDuplicateFilter(4, shard_bits=0))], rows, tmp_path)
+    got = sorted((key, partition_id, duplicate_of) for partition_id, (key, _, duplicate_of) in drops)
+    assert got == brute_force_greedy(hashes, 4)
+    assert got
+
+
+def test_schemes_near_agrees_with_close_pairs() -> None:
+    # near() checks pairs of rows all at once (small band runs), close_pairs() one run: the same relation.
+    from altsieve.dedup.captions import MinHashScheme, signatures
+    from altsieve.dedup.perceptual import PHashScheme
+
+    rng = np.random.default_rng(3)
+    words = ["red", "boat", "river", "old", "house", "garden", "small", "evening"]
+    captions = [" ".join(rng.choice(words, size=6)) for _ in range(120)]
+    for scheme, payload in ((PHashScheme(4), np.array(random_hashes(300, seed=2), dtype=np.uint64)),
+                            (MinHashScheme(0.5, 64), signatures(captions, 64, 3))):
+        i, j = np.triu_indices(len(payload), k=1)
+        near = scheme.near(payload[i], payload[j])
+        ci, cj = scheme.close_pairs(payload)
+        assert np.array_equal(i[near], ci) and np.array_equal(j[near], cj)
+        assert 0 < near.sum() < len(near)
+
+
 def test_shards_are_sized_to_the_rows() -> None:
     # About ROWS_PER_SHARD rows a shard, at most DEFAULT_SHARD_BITS bits; an unknown size gets the most.
     assert shard_bits_for(4565) == 1 and shard_bits_for(ROWS_PER_SHARD) == 0 and shard_bits_for(0) == 0
