@@ -1,9 +1,12 @@
-"""Two of Beam's introspections remembered per object: what Beam works out again and again for the same DoFn and the
-same options, at each transform a pipeline applies and at each bundle processor it makes.
+"""Two of Beam's introspections remembered: what Beam works out again and again for the same DoFn and the same
+options, at each transform a pipeline applies and at each bundle processor it makes.
 
 - ``userstate.get_dofn_specs(dofn)``: a DoFn's state and timer specs, found by building a signature of each of its
   methods. Beam asks it two or three times for each DoFn (ParDo's signature, its check of stateful DoFns, the runner
-  API proto): 458 calls and 14,400 ``inspect.signature`` calls in one ``altsieve run`` of the web benchmark.
+  API proto): 458 calls and 14,400 ``inspect.signature`` calls in one ``altsieve run`` of the web benchmark. The
+  answer is remembered per DoFn class (every bundle processor unpickles DoFns of its own, new objects of the same
+  classes), and per object for a DoFn that holds bound methods of its own (``Map(obj.method)``), whose signatures
+  are not its class's.
 - ``PipelineOptions.view_as(cls)``: a view of the options as one options class, which parses the flags again with an
   argparse parser of every option of that class (2 ms each): asked at each transform applied and each type check,
   561 times in that run.
@@ -16,6 +19,7 @@ options' values (``_all_options``), so the answers stay right. Select and reshar
 
 from __future__ import annotations
 
+import types
 import weakref
 from typing import Any
 
@@ -52,15 +56,34 @@ class _ByIdentity:
         self._values[id(obj)] = value
 
 
+def _class_key(dofn: Any) -> frozenset[str] | None:
+    """What, besides its class, decides a DoFn's specs: which of the class's methods its instance shadows (Beam
+    inspects every bound method ``dir(dofn)`` gives); None when the instance holds bound methods of its own."""
+    try:
+        own = vars(dofn)
+    except TypeError:  # no __dict__: nothing of its own
+        return frozenset()
+    if any(isinstance(value, types.MethodType) for value in own.values()):
+        return None
+    return frozenset(name for name in own if callable(getattr(type(dofn), name, None)))
+
+
 def _remembered_specs(get_dofn_specs: Any) -> Any:
     remembered = _ByIdentity()
+    by_class: weakref.WeakKeyDictionary[type, dict[frozenset[str], tuple[frozenset[Any], frozenset[Any]]]] = (
+        weakref.WeakKeyDictionary())
 
     def get_dofn_specs_once(dofn: Any) -> tuple[set[Any], set[Any]]:
-        specs = remembered.get(dofn)
+        key = _class_key(dofn)
+        of_class = by_class.setdefault(type(dofn), {}) if key is not None else None
+        specs = of_class.get(key) if of_class is not None else remembered.get(dofn)
         if specs is None:
             states, timers = get_dofn_specs(dofn)
             specs = (frozenset(states), frozenset(timers))
-            remembered.put(dofn, specs)
+            if of_class is not None:
+                of_class[key] = specs
+            else:
+                remembered.put(dofn, specs)
         return set(specs[0]), set(specs[1])  # callers get sets of their own, as from Beam's
 
     get_dofn_specs_once.__doc__ = get_dofn_specs.__doc__

@@ -43,6 +43,23 @@ def test_remembered_dofn_specs_are_beams_and_each_caller_gets_its_own_sets() -> 
     assert userstate.is_stateful_dofn(stateful) and not userstate.is_stateful_dofn(plain)
 
 
+class HoldsState:
+    def count(self, element, seen=SEEN_STATE):
+        seen.add(element)
+
+
+def test_specs_remembered_per_class_unless_the_dofn_holds_bound_methods_of_its_own() -> None:
+    beam_memo.install()
+    # Two DoFns of one class (as each bundle processor unpickles its own): one answer, Beam's.
+    assert userstate.get_dofn_specs(CountPerKeyAtTheEnd()) == ({BAG}, {FLUSH})
+    assert userstate.get_dofn_specs(CountPerKeyAtTheEnd()) == ({BAG}, {FLUSH})
+    # ParDo's DoFn class for a callable: with a plain function, then with a bound method asking for state (the
+    # instance's own `process`): not the class's answer.
+    assert userstate.get_dofn_specs(beam.ParDo(len).fn) == (set(), set())
+    assert userstate.get_dofn_specs(beam.ParDo(HoldsState().count).fn) == ({BAG}, set())
+    assert userstate.get_dofn_specs(beam.ParDo(str).fn) == (set(), set())
+
+
 def test_state_and_timers_work_with_the_remembered_specs() -> None:
     beam_memo.install()
     pairs = [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)]
