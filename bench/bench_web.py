@@ -14,6 +14,15 @@ border resize to 256, webdataset output, shards of 1000); `altsieve run` with no
 (start-up included); CPU-seconds are the user+sys time of the command and every process it waited
 for. Printed: images/s, CPU-seconds per image, the CPU ceiling (cores / CPU-seconds per image: the
 rate if the tool never waited) and the share of it reached, and altsieve's ratio to img2dataset.
+
+``--per-host N`` adds a row: `altsieve run` with ``download.per_host_concurrency`` N instead of its default (16
+connections per host and worker process). The simulation's busiest host serves a quarter of the URLs, so where
+the CPU is fast enough the default politeness cap, not the CPU, sets how long the fetching takes: that row
+measures what the cap costs on this machine.
+
+``--time-scale F`` multiplies every network time of the simulation by F (time to first byte, stalls; bandwidth
+divided by F) and both tools' timeouts with it: the same web for a CPU F times as fast, to see on a slow machine
+what a fast one meets (where the politeness cap starts to bind).
 """
 
 from __future__ import annotations
@@ -39,9 +48,9 @@ def cores() -> int:
 class SimServer:
     """The simulated web in a child process; stopped by closing its stdin."""
 
-    def __init__(self, pages: int, seed: int, folder: Path, input_path: Path) -> None:
+    def __init__(self, pages: int, seed: int, folder: Path, input_path: Path, time_scale: float = 1.0) -> None:
         self._command = [sys.executable, "-m", "altsieve.testcorpus.websim", "--pages", str(pages), "--seed",
-                         str(seed), "--dir", str(folder), "--input", str(input_path)]
+                         str(seed), "--dir", str(folder), "--input", str(input_path), "--time-scale", str(time_scale)]
 
     def __enter__(self) -> SimServer:
         self.process = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -81,19 +90,31 @@ def run_measured(command: list[str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def img2dataset(input_path: Path, output: Path) -> list[str]:
+def img2dataset(input_path: Path, output: Path, time_scale: float = 1.0) -> list[str]:
     return [
         sys.executable, "-c", "import sys; from img2dataset import main; sys.exit(main())",
         "--url_list", str(input_path), "--input_format", "parquet",
         "--url_col", "url", "--caption_col", "caption", "--output_format", "webdataset",
         "--output_folder", str(output), "--processes_count", str(cores()), "--number_sample_per_shard", "1000",
-        "--distributor", "multiprocessing", "--enable_wandb", "False",
+        "--distributor", "multiprocessing", "--enable_wandb", "False", "--timeout", f"{10 * time_scale:g}",
     ]
 
 
-def altsieve(input_path: Path, output: Path) -> list[str]:
-    return [sys.executable, "-m", "altsieve", "run", str(input_path), "--output", str(output),
-            "--allow-private-addresses", "127.0.0.0/8"]
+# altsieve's timeouts, scaled with --time-scale from their defaults.
+TIMEOUT_FIELDS = ("connect_timeout_s", "read_timeout_s", "idle_timeout_s", "stall_release_s")
+
+
+def altsieve(input_path: Path, output: Path, per_host: int | None = None, time_scale: float = 1.0) -> list[str]:
+    command = [sys.executable, "-m", "altsieve", "run", str(input_path), "--output", str(output),
+               "--allow-private-addresses", "127.0.0.0/8"]
+    if per_host:
+        command += ["--set", f"download.per_host_concurrency={per_host}"]
+    if time_scale != 1.0:
+        from altsieve.core.config import DownloadConfig
+
+        for name in TIMEOUT_FIELDS:
+            command += ["--set", f"download.{name}={DownloadConfig.model_fields[name].default * time_scale:g}"]
+    return command
 
 
 def img2dataset_images(output: Path) -> int:
@@ -116,6 +137,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cache", default=None, help="folder for the rendered images (default: a temp folder, kept)")
+    parser.add_argument("--per-host", type=int, default=None, metavar="N",
+                        help="also run altsieve with N connections per host and worker (its default: 16)")
+    parser.add_argument("--time-scale", type=float, default=1.0, metavar="F",
+                        help="every network time of the simulation and both tools' timeouts x F (default 1)")
     args = parser.parse_args()
 
     cache = Path(args.cache or Path(tempfile.gettempdir()) / f"altsieve-websim-{args.seed}-{args.pages}")
@@ -126,20 +151,23 @@ def main() -> None:
         info = server.info
     print(f"simulated web: {info['pages']} URLs, {info['kinds']}, {info['good_images']} serve an image, "
           f"{info['mean_bytes'] / 1024:.0f} KB mean; ready in {time.perf_counter() - started:.0f} s; "
-          f"{cores()} cores", flush=True)
+          f"{cores()} cores; network times x{args.time_scale:g}", flush=True)
     rows: dict[str, list[tuple[float, float, int, float | None]]] = {"img2dataset": [], "altsieve run": []}
+    if args.per_host:
+        rows[f"altsieve {args.per_host}/host"] = []
     kept: list[int] = []
     try:
         for repeat in range(args.repeats):
-            for label in rows:
-                output = work / f"{label.split()[0]}-{repeat}"
-                with SimServer(args.pages, args.seed, cache, input_path) as server:
+            for index, label in enumerate(rows):
+                output = work / f"run-{index}-{repeat}"
+                with SimServer(args.pages, args.seed, cache, input_path, args.time_scale) as server:
                     sim_before = server.cpu_seconds()
                     if label == "img2dataset":
-                        wall, cpu = run_measured(img2dataset(input_path, output))
+                        wall, cpu = run_measured(img2dataset(input_path, output, args.time_scale))
                         images = img2dataset_images(output)
                     else:
-                        wall, cpu = run_measured(altsieve(input_path, output))
+                        per_host = args.per_host if label.endswith("/host") else None
+                        wall, cpu = run_measured(altsieve(input_path, output, per_host, args.time_scale))
                         images, final = altsieve_images(output)
                         kept.append(final)
                     sim_after = server.cpu_seconds()
@@ -151,7 +179,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'tool':<16}{'images':>8}{'wall s':>9}{'images/s':>10}{'CPU-s/img':>11}{'ceiling/s':>11}"
+    print(f"\n{'tool':<20}{'images':>8}{'wall s':>9}{'images/s':>10}{'CPU-s/img':>11}{'ceiling/s':>11}"
           f"{'of ceiling':>12}{'ratio':>8}{'sim CPU-s':>11}{'of cores left':>15}")
     best = {label: min(runs, key=lambda run: run[0]) for label, runs in rows.items()}
     baseline = best["img2dataset"][2] / best["img2dataset"][0]
@@ -159,7 +187,7 @@ def main() -> None:
         rate, per_image = images / wall, cpu / max(images, 1)
         ceiling = cores() / per_image
         left = f"{cpu / (cores() * wall - sim_cpu):.2f}" if sim_cpu is not None else "n/a"
-        print(f"{label:<16}{images:>8}{wall:>9.1f}{rate:>10.1f}{per_image * 1000:>9.2f}ms{ceiling:>11.1f}"
+        print(f"{label:<20}{images:>8}{wall:>9.1f}{rate:>10.1f}{per_image * 1000:>9.2f}ms{ceiling:>11.1f}"
               f"{rate / ceiling:>12.2f}{rate / baseline:>8.2f}{_cpu_text(sim_cpu):>11}{left:>15}")
     print(f"(altsieve run kept {kept[-1]} pairs after its rules and deduplication; images = fetched and decoded)")
 

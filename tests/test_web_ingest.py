@@ -278,3 +278,13 @@ def test_plain_run_on_the_simulated_web(tmp_path: Path) -> None:
     config = json.loads((output / "manifest.json").read_text())["config"]
     assert config["input"]["rows_per_partition"] == ingest.with_partition_size(
         Config(), str(tmp_path / "fresh"), pages, workers).input.rows_per_partition
+
+
+def test_a_time_scaled_web_is_the_same_web_slower() -> None:
+    # bench_web --time-scale: every network time x F, so a slow machine meets what a fast one does; the URLs' fates
+    # and sizes stay as they are.
+    base = websim.WebProfile()
+    scaled = websim.scaled_profile(base, 2.0)
+    assert (scaled.ttfb_median_s, scaled.stall_s, scaled.bandwidth_bytes_per_s) == (
+        2 * base.ttfb_median_s, 2 * base.stall_s, base.bandwidth_bytes_per_s / 2)
+    assert websim.plan_web(300, seed=4, profile=scaled).pages == websim.plan_web(300, seed=4, profile=base).pages

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -344,6 +345,13 @@ class WebSimServer:
         await writer.drain()
 
 
+def scaled_profile(profile: WebProfile, factor: float) -> WebProfile:
+    """``profile`` with every network time x ``factor``: the same web for a CPU ``factor`` times as fast, relative to
+    it (which URL does what is unchanged: the plan's draws do not depend on the times)."""
+    return dataclasses.replace(profile, ttfb_median_s=profile.ttfb_median_s * factor, stall_s=profile.stall_s * factor,
+                               bandwidth_bytes_per_s=profile.bandwidth_bytes_per_s / factor)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Render and serve a simulated web until stdin closes; prints the port on stdout's first line."""
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -352,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", required=True, help="folder for the rendered images (reused when it matches)")
     parser.add_argument("--input", help="write the URL list (Parquet: url, caption) here")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--time-scale", type=float, default=1.0,
+                        help="every network time x this (time to first byte, stall; bandwidth / this)")
     args = parser.parse_args(argv)
-    corpus = plan_web(args.pages, args.seed)
+    corpus = plan_web(args.pages, args.seed, scaled_profile(WebProfile(), args.time_scale))
     corpus.render(args.dir)
     with WebSimServer(corpus, args.port) as server:
         if args.input:
