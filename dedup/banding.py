@@ -160,7 +160,8 @@ class _PairsInShard(beam.DoFn):
 
     def _near_representatives(self, reps: np.ndarray, run_of_rep: np.ndarray,
                               payload: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Row pairs ``(a, b)`` of representatives in one run that are near (candidates, unverified).
+        """Row pairs ``(a, b)`` of representatives in one run: the near ones (by ``payload``), or every candidate
+        pair when the group does not verify (``payload`` None).
 
         Runs of up to ``_VECTOR_RUN`` representatives are paired all at once (most runs hold two or three: a
         scheme's ``close_pairs`` per run cost ~50 us each, 5,337 runs of bench/bench_web.py's 4,565 pairs); the
