@@ -305,6 +305,8 @@ def _options(**overrides: object) -> DownloadConfig:
         "dns_resolver": "system",
     }
     opts.update(overrides)
+    if "per_host_concurrency" in overrides:  # a test that names the cap means a fixed one unless it says otherwise
+        opts.setdefault("per_host_concurrency_max", overrides["per_host_concurrency"])
     return DownloadConfig(**opts)  # type: ignore[arg-type]
 
 
@@ -1079,6 +1081,24 @@ def test_429_pauses_the_whole_host(base: str, server: _Server, dns: FakeDNS) -> 
     other_host = fetcher.submit(f"http://other.test:{server.server_address[1]}/ok")
     assert other_host.result().elapsed_s < 0.5  # another host is not paused
     assert same_host.result().reason is None and same_host.result().elapsed_s >= 0.7
+
+
+def test_a_host_that_keeps_up_gets_more_connections_up_to_its_cap(server: _Server, base: str) -> None:
+    server.max_active = 0
+    fetcher = _fetcher(concurrency=32, per_host_concurrency=2, per_host_concurrency_max=6)
+    results = dict(fetcher.fetch_many((i, f"{base}/slow?d=0.15&key=grow{i}") for i in range(48)))
+    assert all(r.reason is None for r in results.values())
+    assert server.max_active == 6  # grew from 2 while its URLs queued, and never past the cap
+
+
+def test_a_503_halves_the_hosts_connections(server: _Server, base: str) -> None:
+    fetcher = _fetcher(retries=0, concurrency=16, per_host_concurrency=4, per_host_concurrency_max=4)
+    assert fetcher.fetch(f"{base}/status/503?key=cut503").reason == reasons.DOWNLOAD_SERVER_ERROR
+    server.max_active = 0
+    started = time.monotonic()
+    results = list(fetcher.fetch_many((i, f"{base}/slow?d=0.3&key=cut{i}") for i in range(4)))
+    assert all(r.reason is None for _, r in results)
+    assert server.max_active == 2 and time.monotonic() - started >= 0.55  # two at a time, not four
 
 
 def test_request_rate_per_host(base: str) -> None:

@@ -113,6 +113,8 @@ _ORIGIN_FILE_MAX_REDIRECTS = 5  # RFC 9309: follow at least five
 _PATH_SAFE = "!$%&'()*+,/:;=@[]~-._"
 _QUERY_SAFE = _PATH_SAFE + "?"
 _HOST_RE = re.compile(r"^[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?\.?$")
+# Answers that say a host has more than it can take: its connection cap is halved (transforms/hosts.py).
+_PUSHBACK_STATUSES = frozenset({429, 503})
 _HOST_FAILURE_REASONS = frozenset({reasons.DOWNLOAD_TIMEOUT, reasons.DOWNLOAD_CONNECTION_ERROR,
                                    reasons.DOWNLOAD_TRUNCATED})
 
@@ -159,6 +161,7 @@ class _Failure(Exception):
         retry_after: float | None = None,
         content_type: str | None = None,
         optout: str | None = None,
+        pushback: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -168,6 +171,7 @@ class _Failure(Exception):
         self.retry_after = retry_after
         self.content_type = content_type
         self.optout = optout
+        self.pushback = pushback  # the host refused us (a refused connection, a connect timeout): fewer connections
         self.target: _Target | None = None  # where a retry should resume (the hop that failed)
         self.url: str | None = None  # the URL that failed, reported as final_url
         self.redirects = 0  # redirects followed before the failure, so a retry keeps counting
@@ -175,7 +179,8 @@ class _Failure(Exception):
 
     def copy(self) -> _Failure:
         twin = _Failure(self.reason, self.message, retryable=self.retryable, status=self.status,
-                        retry_after=self.retry_after, content_type=self.content_type, optout=self.optout)
+                        retry_after=self.retry_after, content_type=self.content_type, optout=self.optout,
+                        pushback=self.pushback)
         twin.paused_host = self.paused_host
         return twin
 
@@ -471,7 +476,8 @@ class Fetcher:
         lookup = (cares_lookup if cfg.dns_resolver == "c-ares" else system_lookup)(cfg.connect_timeout_s)
         self._dns = DnsCache(lookup, self._allowed)
         self._hosts = Hosts(HostLimits(
-            concurrency=cfg.per_host_concurrency, requests_per_s=cfg.per_host_requests_per_s,
+            concurrency=cfg.per_host_concurrency, max_concurrency=cfg.per_host_concurrency_max,
+            requests_per_s=cfg.per_host_requests_per_s,
             burst=cfg.per_host_burst, breaker_failures=cfg.breaker_failures,
             breaker_cooldown_s=cfg.breaker_cooldown_s,
         ))
@@ -601,6 +607,9 @@ class Fetcher:
             except _Failure as failure:
                 if failure.status is not None:  # an HTTP answer, even an error, says the host is up
                     host.record(failed=False, started=started)
+                    host.answered(started, pushback=failure.status in _PUSHBACK_STATUSES)
+                elif failure.pushback:
+                    host.answered(started, pushback=True)
                 elif failure.reason in _HOST_FAILURE_REASONS and host.record(failed=True, started=started):
                     self._stats.breaker_trips += 1
                     logger.info("host %s: %d failures in a row, failing its URLs for %.0f s", target.host,
@@ -610,6 +619,7 @@ class Fetcher:
                     self._pause_host(target, failure)
                 raise
             host.record(failed=False, started=started)
+            host.answered(started, pushback=False)
             return time.monotonic() - started, response
 
     def _pause_host(self, target: _Target, failure: _Failure) -> None:
@@ -761,7 +771,8 @@ class Fetcher:
             message = (f"read timeout after {elapsed:.1f} s (no data for {cfg.idle_timeout_s:g} s)"
                        if phase.name == "idle" and loop.time() < response_deadline
                        else f"{'connect' if phase.name == 'connect' else 'read'} timeout after {elapsed:.1f} s")
-            raise _Failure(reasons.DOWNLOAD_TIMEOUT, message, retryable=True) from None
+            raise _Failure(reasons.DOWNLOAD_TIMEOUT, message, retryable=True,
+                           pushback=phase.name == "connect") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise _classify(exc) from None
         except ValueError as exc:  # yarl / aiohttp refusing the request line
@@ -909,9 +920,10 @@ def _classify(exc: BaseException) -> _Failure:
         return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"TLS error: {exc}"[:200], retryable=True)
     if isinstance(exc, aiohttp.ClientConnectorError):
         if isinstance(exc.os_error, ConnectionRefusedError):
-            return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, "connection refused", retryable=True)
+            return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, "connection refused", retryable=True, pushback=True)
         detail = exc.os_error.strerror or str(exc.os_error) if exc.os_error else str(exc)
-        return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"connection error: {detail}"[:200], retryable=True)
+        return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, f"connection error: {detail}"[:200], retryable=True,
+                        pushback=True)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return _Failure(reasons.DOWNLOAD_CONNECTION_ERROR, "server closed the connection", retryable=True)
     if isinstance(exc, aiohttp.ClientPayloadError):

@@ -1,6 +1,11 @@
 """Per-host politeness and health for the asynchronous fetcher: one ``HostState`` per host name, per worker.
 
-* A connection cap (``per_host_concurrency`` requests in flight at once).
+* A connection cap that adapts (``per_host_concurrency`` requests in flight to start with, up to
+  ``per_host_concurrency_max``): additive increase, multiplicative decrease, as TCP's congestion window. A
+  host whose URLs queue for a connection gets one more per answer until it first pushes back (a 429, a 503, a
+  refused connection, a connect timeout), which halves its cap; from then on one more per round of answers
+  (as many answers as it has connections). Only answers to requests sent after the last cut cut again: a
+  round of 429s sent together is one signal, not one per response.
 * A request rate: a token bucket (GCRA form: each request reserves the next free send time, so
   waiters queue in order without polling), ``per_host_requests_per_s`` with a burst of ``per_host_burst``.
 * A pause for the whole host: a 429 (or a 503 with Retry-After) stops every request to it until the
@@ -19,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,17 +34,66 @@ from dataclasses import dataclass
 class HostLimits:
     """The per-host settings of DownloadConfig (its defaults are the only ones)."""
 
-    concurrency: int
+    concurrency: int  # connections a host starts with
+    max_concurrency: int  # connections it may grow to while it answers without pushing back
     requests_per_s: float | None  # None: no rate limit
     burst: int
     breaker_failures: int
     breaker_cooldown_s: float
 
 
+class _Slots:
+    """A semaphore whose size may change while it is held (asyncio.Semaphore's cannot): waiters served in order."""
+
+    __slots__ = ("size", "_in_use", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self.size, self._in_use = size, 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self._in_use < self.size and not self._waiters:
+            self._in_use += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # granted, then cancelled before it ran: the slot goes to the next waiter
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        self._in_use -= 1
+        self._wake()
+
+    def resize(self, size: int) -> None:
+        """A smaller size takes effect as held slots are released; a larger one wakes waiters now."""
+        self.size = size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._in_use < self.size:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._in_use += 1
+                waiter.set_result(None)
+
+
 class HostState:
     def __init__(self, limits: HostLimits, clock: Callable[[], float]) -> None:
         self._limits, self._clock = limits, clock
-        self._slots = asyncio.Semaphore(limits.concurrency)
+        self._slots = _Slots(limits.concurrency)
+        self._backed_off = False  # has it pushed back yet: until then one more connection an answer (slow start)
+        self._answers = 0  # answers since the cap last grew, once it has backed off
+        self._last_cut = float("-inf")
         self._tat = 0.0  # theoretical arrival time of the next request (GCRA)
         self.users = 0  # requests holding or waiting for a slot: the state is kept while any exist
         self.paused_until = 0.0
@@ -66,6 +120,27 @@ class HostState:
             self.failures = self._limits.breaker_failures - 1
             return True
         return False
+
+    @property
+    def concurrency(self) -> int:
+        """The host's connection cap now."""
+        return self._slots.size
+
+    def answered(self, started: float, pushback: bool) -> None:
+        """Adapt the connection cap to an answer to a request sent at ``started`` (see the module's docstring)."""
+        slots = self._slots
+        if pushback:
+            if started < self._last_cut:
+                return  # sent before the last cut, under the cap that cut already answered
+            self._last_cut, self._backed_off, self._answers = self._clock(), True, 0
+            slots.resize(max(1, slots.size // 2))
+            return
+        if slots.size >= self._limits.max_concurrency or not slots.waiting:
+            return  # at its most, or no URL of it waits: more connections would not be used
+        self._answers += 1
+        if not self._backed_off or self._answers >= slots.size:
+            self._answers = 0
+            slots.resize(slots.size + 1)
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self._clock() + seconds)
@@ -107,7 +182,7 @@ class HostState:
 class SlotHold:
     """One request's hold on a host slot. A response whose body has stopped coming (a suspected stall) may give
     the slot back early (``release_stalled``), so that the host's next URL starts while it waits out its idle
-    timeout; at most ``concurrency`` such connections per host stay open beside the ``concurrency`` that count."""
+    timeout; at most the host's cap of such connections stay open beside the ones that count."""
 
     __slots__ = ("_host", "_released", "_ended")
 
@@ -117,7 +192,7 @@ class SlotHold:
     def release_stalled(self) -> bool:
         """Give the slot back while the request waits on; False when already given or the host has its share."""
         host = self._host
-        if self._released or self._ended or host.stalled_open >= host._limits.concurrency:
+        if self._released or self._ended or host.stalled_open >= host.concurrency:
             return False
         self._released = True
         host.stalled_open += 1
