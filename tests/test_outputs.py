@@ -9,6 +9,7 @@ numpy < 2) with faiss on clip-retrieval's layout, and img2dataset's own stats lo
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import shutil
@@ -470,6 +471,46 @@ def test_tar_entries_copied_whole_make_the_tar_of_their_members() -> None:
             for index in chosen:
                 tar.add(*TAR_MEMBERS[index])
         assert copied.getvalue() == expected.getvalue()
+
+
+@pytest.mark.parametrize("kernel", ["copy_file_range", "refused (EXDEV)", "absent"])
+def test_tar_entries_copied_between_local_files_are_the_same_bytes(tmp_path, monkeypatch, kernel: str) -> None:
+    """Between local files TarWriter.copy lets the kernel copy (os.copy_file_range); where it refuses or is not
+    there, the bytes are read and written: the same tar either way, headers added around the copies in place."""
+    source_path = tmp_path / "candidates.tar"
+    with open(source_path, "wb") as handle, fsutil.TarWriter(handle) as tar:
+        for name, payload in TAR_MEMBERS:
+            tar.add(name, payload)
+    with open(source_path, "rb") as handle:
+        entries = list(fsutil.iter_tar_entries(handle, payloads=False))
+    calls = []
+    if kernel == "absent":
+        monkeypatch.delattr(fsutil.os, "copy_file_range")
+    else:
+        real = fsutil.os.copy_file_range
+
+        def copy_file_range(*args: int) -> int:
+            calls.append(args)
+            if kernel.startswith("refused"):
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            return real(*args)
+
+        monkeypatch.setattr(fsutil.os, "copy_file_range", copy_file_range)
+    target_path = tmp_path / "final.tar"
+    with open(source_path, "rb") as source, open(target_path, "wb") as handle, fsutil.TarWriter(handle) as tar:
+        tar.add("first.txt", b"added before")
+        tar.copy(source, entries[1].start, entries[3].end)
+        tar.add("between.txt", b"added between")
+        tar.copy(source, entries[4].start, entries[4].end)
+    expected = io.BytesIO()
+    with fsutil.TarWriter(expected) as tar:
+        tar.add("first.txt", b"added before")
+        for index in (1, 2, 3):
+            tar.add(*TAR_MEMBERS[index])
+        tar.add("between.txt", b"added between")
+        tar.add(*TAR_MEMBERS[4])
+    assert target_path.read_bytes() == expected.getvalue()
+    assert len(calls) == {"copy_file_range": 2, "refused (EXDEV)": 1, "absent": 0}[kernel]  # a refusal: never again
 
 
 def test_final_shards_are_what_the_shard_writer_makes_of_the_candidates_rows(demo, tmp_path) -> None:
