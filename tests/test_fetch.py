@@ -1091,6 +1091,20 @@ def test_a_host_that_keeps_up_gets_more_connections_up_to_its_cap(server: _Serve
     assert server.max_active == 6  # grew from 2 while its URLs queued, and never past the cap
 
 
+def test_refused_connections_halve_the_cap_and_still_trip_the_breaker(dns: FakeDNS) -> None:
+    with socket.socket() as closed:  # a port nobody listens on: every connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    dns.records["refusing.test"] = ["127.0.0.1"]
+    fetcher = _fetcher(retries=0, concurrency=8, per_host_concurrency=1, breaker_failures=3, breaker_cooldown_s=30,
+                       respect_robots_txt=False, respect_tdmrep=False)
+    results = [r for _, r in fetcher.fetch_many((i, f"http://refusing.test:{port}/x{i}") for i in range(10))]
+    reasons_seen = [r.reason for r in results]
+    assert reasons_seen.count(reasons.DOWNLOAD_CONNECTION_ERROR) == 3
+    assert reasons_seen.count(reasons.DOWNLOAD_HOST_UNAVAILABLE) == 7
+    assert fetcher.stats()["breaker_trips"] == 1
+
+
 def test_a_503_halves_the_hosts_connections(server: _Server, base: str) -> None:
     fetcher = _fetcher(retries=0, concurrency=16, per_host_concurrency=4, per_host_concurrency_max=4)
     assert fetcher.fetch(f"{base}/status/503?key=cut503").reason == reasons.DOWNLOAD_SERVER_ERROR

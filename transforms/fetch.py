@@ -605,11 +605,10 @@ class Fetcher:
             try:
                 response = await self._hop(target, started + budget, image=image, max_bytes=max_bytes, hold=hold)
             except _Failure as failure:
+                if failure.status is not None or failure.pushback:
+                    host.answered(started, pushback=failure.pushback or failure.status in _PUSHBACK_STATUSES)
                 if failure.status is not None:  # an HTTP answer, even an error, says the host is up
                     host.record(failed=False, started=started)
-                    host.answered(started, pushback=failure.status in _PUSHBACK_STATUSES)
-                elif failure.pushback:
-                    host.answered(started, pushback=True)
                 elif failure.reason in _HOST_FAILURE_REASONS and host.record(failed=True, started=started):
                     self._stats.breaker_trips += 1
                     logger.info("host %s: %d failures in a row, failing its URLs for %.0f s", target.host,
