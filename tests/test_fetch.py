@@ -1102,7 +1102,7 @@ def test_refused_connections_halve_the_cap_and_still_trip_the_breaker(dns: FakeD
     reasons_seen = [r.reason for r in results]
     assert reasons_seen.count(reasons.DOWNLOAD_CONNECTION_ERROR) == 3
     assert reasons_seen.count(reasons.DOWNLOAD_HOST_UNAVAILABLE) == 7
-    assert fetcher.stats()["breaker_trips"] == 1
+    assert fetcher.stats()["breaker_trips"] == 1 and fetcher.stats()["host_cap_cuts"] == 0  # at 1: nothing to cut
 
 
 def test_a_503_halves_the_hosts_connections(server: _Server, base: str) -> None:
@@ -1113,6 +1113,7 @@ def test_a_503_halves_the_hosts_connections(server: _Server, base: str) -> None:
     results = list(fetcher.fetch_many((i, f"{base}/slow?d=0.3&key=cut{i}") for i in range(4)))
     assert all(r.reason is None for _, r in results)
     assert server.max_active == 2 and time.monotonic() - started >= 0.55  # two at a time, not four
+    assert fetcher.stats()["host_cap_cuts"] == 1
 
 
 def test_request_rate_per_host(base: str) -> None:

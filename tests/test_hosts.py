@@ -75,9 +75,9 @@ def test_pushback_halves_once_per_round_then_growth_is_additive() -> None:
         host = _host(8, 16, clock)
         tasks, events, got = await _holders(host, 12)
         assert len(got) == 8
-        host.answered(started=clock.now - 1, pushback=True)  # a 429
+        assert host.answered(started=clock.now - 1, pushback=True)  # a 429
         assert host.concurrency == 4
-        host.answered(started=clock.now - 1, pushback=True)  # sent with it, before the cut: the same signal
+        assert not host.answered(started=clock.now - 1, pushback=True)  # sent with it, before the cut: the same
         assert host.concurrency == 4
         for index in range(8):  # eight held slots end: only as they fall under the new cap do waiters start
             events[index].set()
@@ -92,7 +92,7 @@ def test_pushback_halves_once_per_round_then_growth_is_additive() -> None:
         host.answered(started=clock.now, pushback=True)
         host.answered(started=clock.now + 1, pushback=True)  # sent after that cut: cuts again
         assert host.concurrency == 1
-        host.answered(started=clock.now + 2, pushback=True)
+        assert not host.answered(started=clock.now + 2, pushback=True)
         assert host.concurrency == 1  # never below one
         for event in events:
             event.set()

@@ -112,7 +112,8 @@ class _DownloadPartitions(beam.DoFn):
         return record
 
     def _report_stats(self) -> None:
-        """The fetcher's own counts (robots.txt fetches, DNS queries, breaker trips) since the last bundle."""
+        """The fetcher's own counts (robots.txt fetches, DNS queries, breaker trips, host caps cut) since the last
+        bundle."""
         assert self._fetcher is not None
         for name, value in self._fetcher.stats().items():
             delta = value - self._reported.get(name, 0)

@@ -360,6 +360,7 @@ class FetchStats:
     tdmrep_fetches: int = 0
     dns_lookups: int = 0
     breaker_trips: int = 0
+    host_cap_cuts: int = 0  # a host's connection cap halved for pushing back (transforms/hosts.py)
 
 
 class Fetcher:
@@ -385,7 +386,8 @@ class Fetcher:
         return self._config
 
     def stats(self) -> dict[str, int]:
-        """Counts so far: robots.txt and tdmrep.json fetches, DNS queries sent, circuit-breaker trips."""
+        """Counts so far: robots.txt and tdmrep.json fetches, DNS queries sent, circuit-breaker trips, host caps
+        cut."""
         dns = getattr(self, "_dns", None)
         if dns is not None:
             self._stats.dns_lookups = dns.lookups
@@ -605,8 +607,9 @@ class Fetcher:
             try:
                 response = await self._hop(target, started + budget, image=image, max_bytes=max_bytes, hold=hold)
             except _Failure as failure:
-                if failure.status is not None or failure.pushback:
-                    host.answered(started, pushback=failure.pushback or failure.status in _PUSHBACK_STATUSES)
+                if (failure.status is not None or failure.pushback) and host.answered(
+                        started, pushback=failure.pushback or failure.status in _PUSHBACK_STATUSES):
+                    self._stats.host_cap_cuts += 1
                 if failure.status is not None:  # an HTTP answer, even an error, says the host is up
                     host.record(failed=False, started=started)
                 elif failure.reason in _HOST_FAILURE_REASONS and host.record(failed=True, started=started):

@@ -126,21 +126,24 @@ class HostState:
         """The host's connection cap now."""
         return self._slots.size
 
-    def answered(self, started: float, pushback: bool) -> None:
-        """Adapt the connection cap to an answer to a request sent at ``started`` (see the module's docstring)."""
+    def answered(self, started: float, pushback: bool) -> bool:
+        """Adapt the connection cap to an answer to a request sent at ``started`` (see the module's docstring);
+        True when it made the cap smaller."""
         slots = self._slots
         if pushback:
             if started < self._last_cut:
-                return  # sent before the last cut, under the cap that cut already answered
+                return False  # sent before the last cut, under the cap that cut already answered
             self._last_cut, self._backed_off, self._answers = self._clock(), True, 0
-            slots.resize(max(1, slots.size // 2))
-            return
+            before = slots.size
+            slots.resize(max(1, before // 2))
+            return slots.size < before
         if slots.size >= self._limits.max_concurrency or not slots.waiting:
-            return  # at its most, or no URL of it waits: more connections would not be used
+            return False  # at its most, or no URL of it waits: more connections would not be used
         self._answers += 1
         if not self._backed_off or self._answers >= slots.size:
             self._answers = 0
             slots.resize(slots.size + 1)
+        return False
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self._clock() + seconds)
