@@ -39,6 +39,13 @@ async def _holders(host: HostState, count: int) -> tuple[list[asyncio.Task[None]
     return tasks, events, got
 
 
+async def _finish(tasks: list[asyncio.Task[None]], events: list[asyncio.Event]) -> None:
+    """Every holder lets go, and ends."""
+    for event in events:
+        event.set()
+    await asyncio.gather(*tasks)
+
+
 def test_slow_start_then_capped() -> None:
     async def scenario() -> None:
         host = _host(2, 5, Clock())
@@ -48,9 +55,7 @@ def test_slow_start_then_capped() -> None:
             host.answered(started=0.0, pushback=False)
             await asyncio.sleep(0)
             assert host.concurrency == expected and len(got) == expected
-        for event in events:
-            event.set()
-        await asyncio.gather(*tasks)
+        await _finish(tasks, events)
 
     asyncio.run(scenario())
 
@@ -62,9 +67,7 @@ def test_no_growth_without_waiting_urls() -> None:
         for _ in range(5):
             host.answered(started=0.0, pushback=False)
         assert host.concurrency == 2
-        for event in events:
-            event.set()
-        await asyncio.gather(*tasks)
+        await _finish(tasks, events)
 
     asyncio.run(scenario())
 
@@ -79,10 +82,11 @@ def test_pushback_halves_once_per_round_then_growth_is_additive() -> None:
         assert host.concurrency == 4
         assert not host.answered(started=clock.now - 1, pushback=True)  # sent with it, before the cut: the same
         assert host.concurrency == 4
-        for index in range(8):  # eight held slots end: only as they fall under the new cap do waiters start
+        for index in range(8):  # the eight held slots end: a waiter starts only once fewer than 4 are held
             events[index].set()
             await asyncio.sleep(0)
             await asyncio.sleep(0)
+            assert len(got) == (8 if index < 4 else index + 5)
         assert len(got) == 12 and host.concurrency == 4
         clock.now += 1
         for _ in range(4):
@@ -94,9 +98,7 @@ def test_pushback_halves_once_per_round_then_growth_is_additive() -> None:
         assert host.concurrency == 1
         assert not host.answered(started=clock.now + 2, pushback=True)
         assert host.concurrency == 1  # never below one
-        for event in events:
-            event.set()
-        await asyncio.gather(*tasks)
+        await _finish(tasks, events)
 
     asyncio.run(scenario())
 
@@ -116,9 +118,7 @@ def test_additive_growth_after_pushback() -> None:
         assert host.concurrency == 3  # three answers needed now
         host.answered(started=clock.now, pushback=False)
         assert host.concurrency == 4
-        for event in events:
-            event.set()
-        await asyncio.gather(*tasks)
+        await _finish(tasks, events)
         assert len(got) == 10
 
     asyncio.run(scenario())
@@ -132,9 +132,7 @@ def test_a_fixed_cap_never_moves_up() -> None:
             host.answered(started=0.0, pushback=False)
         await asyncio.sleep(0)
         assert host.concurrency == 3 and len(got) == 3
-        for event in events:
-            event.set()
-        await asyncio.gather(*tasks)
+        await _finish(tasks, events)
 
     asyncio.run(scenario())
 
