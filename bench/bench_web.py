@@ -15,11 +15,12 @@ border resize to 256, webdataset output, shards of 1000); `altsieve run` with no
 for. Printed: images/s, CPU-seconds per image, the CPU ceiling (cores / CPU-seconds per image: the
 rate if the tool never waited) and the share of it reached, and altsieve's ratio to img2dataset.
 
-``--per-host N`` adds a row: `altsieve run` with a fixed cap of N connections per host and worker process
-(``download.per_host_concurrency`` and ``per_host_concurrency_max`` both N) instead of its default, 16 that grow
-to 64 while a host keeps up without pushing back. The simulation's busiest host serves a quarter of the URLs, so
-where the CPU is fast enough a fixed cap, not the CPU, sets how long the fetching takes: ``--per-host 16`` measures
-what the adaptive cap gains over a fixed one on this machine.
+``--per-host N`` adds a row: `altsieve run` with a cap of N connections per host and worker process that never
+grows (``download.per_host_concurrency`` and ``per_host_concurrency_max`` both N; only a host's pushback would
+lower it, and the simulation never pushes back) instead of its default, 16 that grow to 64 while a host keeps
+up. The simulation's busiest host serves a quarter of the URLs, so where the CPU is fast enough such a cap, not
+the CPU, sets how long the fetching takes: ``--per-host 16`` measures what the adaptive cap gains over one that
+stays at 16 on this machine.
 
 ``--time-scale F`` multiplies every network time of the simulation by F (time to first byte, stalls; bandwidth
 divided by F) and both tools' timeouts with it: the same web for a CPU F times as fast, to see on a slow machine
@@ -140,7 +141,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cache", default=None, help="folder for the rendered images (default: a temp folder, kept)")
     parser.add_argument("--per-host", type=int, default=None, metavar="N",
-                        help="also run altsieve with a fixed cap of N connections per host and worker")
+                        help="also run altsieve with a cap of N connections per host and worker that never grows")
     parser.add_argument("--time-scale", type=float, default=1.0, metavar="F",
                         help="every network time of the simulation and both tools' timeouts x F (default 1)")
     args = parser.parse_args()

@@ -93,8 +93,9 @@ class DownloadConfig(_Section):
     # A host starts at per_host_concurrency connections. While its URLs queue for a connection and it answers without
     # pushing back, it gets one more per answer, up to per_host_concurrency_max; a 429, a 503, a refused connection
     # or a connect timeout halves its cap (not below 1), and from then on it grows by one per round of answers
-    # (TCP's congestion control, per host). The same number twice: a fixed cap. bench/bench_web.py, whose busiest
-    # host serves a quarter of the URLs, two repeats side by side: 14.1-15.4 s so, 16.6-17.5 s at a fixed 16.
+    # (TCP's congestion control, per host). The same number twice: a cap that never grows (pushback still halves
+    # it). bench/bench_web.py, whose busiest host serves a quarter of the URLs, two repeats side by side: 14.1-15.4 s
+    # so, 16.6-17.5 s with a cap of 16 that does not grow.
     per_host_concurrency: int = Field(16, ge=1)
     per_host_concurrency_max: int = Field(64, ge=1)
     per_host_requests_per_s: float | None = Field(None, gt=0)
@@ -124,7 +125,7 @@ class DownloadConfig(_Section):
             raise ValueError(
                 f"per_host_concurrency_max ({self.per_host_concurrency_max}) is below per_host_concurrency "
                 f"({self.per_host_concurrency}), the connections a host starts with: raise it, or give both the same "
-                "number for a fixed cap"
+                "number for a cap that never grows"
             )
         return self
 
