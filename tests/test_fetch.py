@@ -1111,13 +1111,14 @@ def test_refused_connections_halve_the_cap_and_still_trip_the_breaker(dns: FakeD
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     dns.records["refusing.test"] = ["127.0.0.1"]
-    fetcher = _fetcher(retries=0, concurrency=8, per_host_concurrency=1, breaker_failures=3, breaker_cooldown_s=30,
+    fetcher = _fetcher(retries=0, concurrency=8, per_host_concurrency=2, breaker_failures=3, breaker_cooldown_s=30,
                        respect_robots_txt=False, respect_tdmrep=False)
     results = [r for _, r in fetcher.fetch_many((i, f"http://refusing.test:{port}/x{i}") for i in range(10))]
     reasons_seen = [r.reason for r in results]
     assert reasons_seen.count(reasons.DOWNLOAD_CONNECTION_ERROR) == 3
     assert reasons_seen.count(reasons.DOWNLOAD_HOST_UNAVAILABLE) == 7
-    assert fetcher.stats()["breaker_trips"] == 1 and fetcher.stats()["host_cap_cuts"] == 0  # at 1: nothing to cut
+    # The first refusal halves 2 to 1; the second was sent with it (no second cut); at 1 the third cuts nothing.
+    assert fetcher.stats()["breaker_trips"] == 1 and fetcher.stats()["host_cap_cuts"] == 1
 
 
 def test_a_503_halves_the_hosts_connections(server: _Server, base: str) -> None:
