@@ -171,7 +171,7 @@ class _Failure(Exception):
         self.retry_after = retry_after
         self.content_type = content_type
         self.optout = optout
-        self.pushback = pushback  # the host refused us (a refused connection, a connect timeout): fewer connections
+        self.pushback = pushback  # no connection to the host (refused, failed, timed out): fewer connections
         self.target: _Target | None = None  # where a retry should resume (the hop that failed)
         self.url: str | None = None  # the URL that failed, reported as final_url
         self.redirects = 0  # redirects followed before the failure, so a retry keeps counting
@@ -607,9 +607,10 @@ class Fetcher:
             try:
                 response = await self._hop(target, started + budget, image=image, max_bytes=max_bytes, hold=hold)
             except _Failure as failure:
-                if (failure.status is not None or failure.pushback) and host.answered(
-                        started, pushback=failure.pushback or failure.status in _PUSHBACK_STATUSES):
-                    self._stats.host_cap_cuts += 1
+                if failure.status is not None or failure.pushback:  # the host answered, or refused us
+                    pushback = failure.pushback or failure.status in _PUSHBACK_STATUSES
+                    if host.answered(started, pushback=pushback):
+                        self._stats.host_cap_cuts += 1
                 if failure.status is not None:  # an HTTP answer, even an error, says the host is up
                     host.record(failed=False, started=started)
                 elif failure.reason in _HOST_FAILURE_REASONS and host.record(failed=True, started=started):

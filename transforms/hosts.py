@@ -3,7 +3,7 @@
 * A connection cap that adapts (``per_host_concurrency`` requests in flight to start with, up to
   ``per_host_concurrency_max``): additive increase, multiplicative decrease, as TCP's congestion window. A
   host whose URLs queue for a connection gets one more per answer until it first pushes back (a 429, a 503, a
-  refused connection, a connect timeout), which halves its cap; from then on one more per round of answers
+  connection refused, failed or timed out), which halves its cap; from then on one more per round of answers
   (as many answers as it has connections). Only answers to requests sent after the last cut cut again: a
   round of 429s sent together is one signal, not one per response.
 * A request rate: a token bucket (GCRA form: each request reserves the next free send time, so

@@ -91,8 +91,8 @@ class DownloadConfig(_Section):
     # Per host, per worker process: connections at once, and a token-bucket request rate. None: no rate limit, the
     # connection cap and the 429 / Retry-After pauses are the politeness (a 50/s default halved a one-host run).
     # A host starts at per_host_concurrency connections. While its URLs queue for a connection and it answers without
-    # pushing back, it gets one more per answer, up to per_host_concurrency_max; a 429, a 503, a refused connection
-    # or a connect timeout halves its cap (not below 1), and from then on it grows by one per round of answers
+    # pushing back, it gets one more per answer, up to per_host_concurrency_max; a 429, a 503, a connection
+    # refused, failed or timed out halves its cap (not below 1), and from then on it grows by one per round of answers
     # (TCP's congestion control, per host). The same number twice: a cap that never grows (pushback still halves
     # it). bench/bench_web.py, whose busiest host serves a quarter of the URLs, two repeats side by side: 14.1-15.4 s
     # so, 16.6-17.5 s with a cap of 16 that does not grow.
