@@ -81,3 +81,22 @@ def test_a_remembered_view_shares_its_options_values() -> None:
     assert direct.view_as(StandardOptions).runner == "PrismRunner"
     other = PipelineOptions([])  # another object: views of its own flags
     assert other.view_as(DirectOptions) is not direct and other.view_as(DirectOptions).direct_num_workers == 1
+
+
+def test_a_bundle_ends_without_waiting_out_beams_200_ms_sampling_sleep() -> None:
+    """The state sampler's thread, joined at each bundle's end, sleeps at most STATE_SAMPLING_PERIOD_MS."""
+    import time
+
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    beam_memo.install()
+    sampler = statesampler.StateSampler("step", CounterFactory())
+    assert sampler.sampling_period_ms == beam_memo.STATE_SAMPLING_PERIOD_MS
+    sampler.start()
+    # Beam's sleep starts at 2 ms and grows by 1.2x to 200 ms, reached after about a second: a stop then waited
+    # 0-200 ms, by where the sleep was.
+    time.sleep(1.05)
+    started = time.perf_counter()
+    sampler.stop()
+    assert time.perf_counter() - started < 0.05
