@@ -95,8 +95,8 @@ def test_a_bundle_ends_without_waiting_out_beams_200_ms_sampling_sleep() -> None
     assert sampler.sampling_period_ms == beam_memo.STATE_SAMPLING_PERIOD_MS
     sampler.start()
     # Beam's sleep starts at 2 ms and grows by 1.2x to 200 ms, reached after about a second: a stop then waited
-    # 0-200 ms, by where the sleep was.
+    # 0-200 ms, by where the sleep was (here 89 ms with Beam's default).
     time.sleep(1.05)
     started = time.perf_counter()
     sampler.stop()
-    assert time.perf_counter() - started < 0.05
+    assert time.perf_counter() - started < 0.075
