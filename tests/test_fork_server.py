@@ -92,11 +92,12 @@ def test_local_runner_workers_are_forked_by_the_fork_server(tmp_path: Path) -> N
     assert os.getpid() not in {int(pid) for _, pid, _, _ in rows}
     # One OpenBLAS thread in each worker (one worker per core already), unless the user set the count.
     assert {int(threads) for _, _, _, threads in rows} == {int(os.environ.get("OPENBLAS_NUM_THREADS", "1"))}
-    # A pass on one in-process worker stops it, and its socket folder goes with it.
+    # A pass on one in-process worker stops it, and its socket folder goes with it; the server ends on its own.
     folder = server.folder
     single = beam_run.make_pipeline(["--direct_running_mode=in_memory"])
     shutil.rmtree(single.local_tempdir)  # never run: Beam removes a pipeline's temp folder only in run()
-    assert beam_worker._server is None and server.process.poll() is not None and not os.path.exists(folder)
+    assert beam_worker._server is None and not os.path.exists(folder)
+    assert _wait_until(lambda: server.process.poll() is not None, timeout=10)
 
 
 def test_a_forked_worker_has_its_clients_streams_and_status(server) -> None:
@@ -132,6 +133,16 @@ def test_a_worker_ends_with_its_client(server) -> None:
     assert _wait_until(lambda: not _running(worker), timeout=10)
 
 
+def test_a_server_stopped_without_waiting_ends_on_its_own(server) -> None:
+    """stop_fork_server's way: the launcher goes on at once; the server still ends, and reap() collects it."""
+    started = time.monotonic()
+    server.stop(wait=False)
+    assert time.monotonic() - started < 0.01 and not os.path.exists(server.folder)
+    assert _wait_until(lambda: not _running(server.process.pid), timeout=10)
+    server.reap()
+    assert server.process.returncode == 0
+
+
 def test_the_fork_server_ends_with_its_launcher(tmp_path: Path) -> None:
     # A launcher that dies without stopping its server (os._exit: no exit handlers).
     launcher = subprocess.run(
@@ -161,8 +172,9 @@ def test_the_fork_server_is_started_ahead_only_for_the_local_runner(monkeypatch:
     assert server is not None and not server.used
     started = time.monotonic()
     beam_worker.stop_fork_server()  # unused: killed at once, not left to finish its imports
+    assert not os.path.exists(server.folder)
+    assert _wait_until(lambda: server.process.poll() is not None, timeout=2.0)
     assert time.monotonic() - started < 2.0
-    assert server.process.poll() is not None and not os.path.exists(server.folder)
 
 
 def test_beam_and_the_stages_load_without_pandas_pymongo_or_bigquery_which_stay_importable() -> None:
