@@ -32,6 +32,7 @@ from altsieve.transforms.shards import (
     read_parquet_rows,
     rows_to_records,
     schema,
+    tar_index,
     write_final_shard,
     write_shard,
 )
@@ -166,10 +167,10 @@ class _WriteFinalShard(beam.DoFn):
         extra = {"shard": shard, "plan": plan, **({"bucket": bucket} if bucket else {})}
         outcomes = self._attributed_outcomes(bucket, task, wanted_by_partition)
         if self._output_format == "webdataset":  # the candidates' tar entries copied as they are
-            table = kept_rows(self._output, wanted_by_partition, self._extra)
+            table, indexes = kept_rows(self._output, wanted_by_partition, self._extra)
             if self._clip is not None:  # before the stats file: a shard with stats is complete
                 self._write_embeddings(bucket, shard, rows_to_records(table.to_pylist(), self._extra))
-            sources = [(f"{layout.candidate_prefix(self._output, pid)}.tar", keys)
+            sources = [(f"{layout.candidate_prefix(self._output, pid)}.tar", keys, indexes[pid])
                        for pid, keys in sorted(wanted_by_partition.items()) if keys]
             stats = write_final_shard(prefix, table, sources, started, extra, outcomes)
             written = table.num_rows
@@ -236,20 +237,24 @@ class _WriteFinalShard(beam.DoFn):
         write_embeddings(self._output, bucket or None, shard, image, text, embedding_metadata(records, shard))
 
 
-def kept_rows(output: str, wanted_by_partition: dict[str, list[str]], extra_columns: list[str]) -> pa.Table:
+def kept_rows(output: str, wanted_by_partition: dict[str, list[str]],
+              extra_columns: list[str]) -> tuple[pa.Table, dict[str, dict[str, tuple[int, int]] | None]]:
     """The candidate Parquet rows of the wanted keys, in key order (partitions hold consecutive keys), with the
-    schema write_shard gives them."""
+    schema write_shard gives them (no footer metadata); and each partition's tar index (tar_index) from the same
+    read."""
     target = schema(extra_columns)
     tables = []
+    indexes: dict[str, dict[str, tuple[int, int]] | None] = {}
     for partition_id, keys in sorted(wanted_by_partition.items()):
         if not keys:
             continue
         with fsspec.open(layout.candidate_prefix(output, partition_id) + ".parquet", "rb") as handle:
             table = pq.read_table(handle)
+        indexes[partition_id] = tar_index(table.schema)
         table = table.filter(pc.is_in(table["key"], value_set=pa.array(keys, pa.string())))
         tables.append(pa.table([table[f.name].cast(f.type) if f.name in table.column_names
                                 else pa.nulls(table.num_rows, f.type) for f in target], schema=target))
-    return pa.concat_tables(tables).combine_chunks() if tables else target.empty_table()
+    return (pa.concat_tables(tables).combine_chunks() if tables else target.empty_table()), indexes
 
 
 def partition_outcomes(output: str, partition_id: str) -> list[dict[str, Any]]:

@@ -513,6 +513,62 @@ def test_tar_entries_copied_between_local_files_are_the_same_bytes(tmp_path, mon
     assert len(calls) == {"copy_file_range": 2, "refused (EXDEV)": 1, "absent": 0}[kernel]  # a refusal: never again
 
 
+def _candidate_shard(tmp_path: Path, keys: list[str]) -> str:
+    """A candidate shard of ``keys`` (one without an image, which the tar leaves out), as ingest writes it."""
+    from altsieve.transforms.shards import write_shard
+
+    records = [{"key": key, "partition_id": "00000_0000000000", "caption": f"caption {key}", "reason": None,
+                "image": None if key.endswith("3") else b"\xff\xd8" + key.encode() * (40 + 90 * i)}
+               for i, key in enumerate(keys)]
+    prefix = str(tmp_path / "candidate")
+    write_shard(prefix, records, [], "jpg", 0.0, indexed=True)
+    return prefix
+
+
+def test_a_candidate_shards_parquet_says_where_each_sample_lies_in_its_tar(tmp_path) -> None:
+    """The tar index in a candidate Parquet's footer is what reading the tar's headers finds: each sample's three
+    entries from its first header to its last padding; a sample without an image is not in it."""
+    from altsieve.transforms.shards import tar_index
+
+    keys = [f"{i:015d}" for i in range(6)]
+    prefix = _candidate_shard(tmp_path, keys)
+    spans: dict[str, list[int]] = {}
+    with open(f"{prefix}.tar", "rb") as handle:
+        for entry in fsutil.iter_tar_entries(handle, payloads=False):
+            key = entry.name.rpartition(".")[0]
+            spans.setdefault(key, [entry.start, entry.end])[1] = entry.end
+    index = tar_index(pq.read_schema(f"{prefix}.parquet"))
+    assert index == {key: tuple(span) for key, span in spans.items()}
+    assert set(index) == set(keys) - {keys[3]}
+
+
+def test_final_tars_copied_by_the_index_are_those_copied_by_reading_headers(tmp_path) -> None:
+    """write_final_tar with the candidate's index and without it (candidates an older altsieve wrote): the same
+    bytes, gaps between kept samples included; a key the index lacks, or an index of another tar, is an error."""
+    from altsieve.transforms.shards import tar_index, write_final_tar
+
+    keys = [f"{i:015d}" for i in range(8)]
+    prefix = _candidate_shard(tmp_path, keys)
+    index = tar_index(pq.read_schema(f"{prefix}.parquet"))
+    assert index is not None
+    kept = [keys[0], keys[1], keys[4], keys[6], keys[7]]  # two runs and a lone one
+    finals = []
+    for given in (index, None):
+        buffer = io.BytesIO()
+        assert write_final_tar(buffer, [(f"{prefix}.tar", kept, given)]) == len(kept)
+        finals.append(buffer.getvalue())
+    assert finals[0] == finals[1]
+    with tarfile.open(fileobj=io.BytesIO(finals[0])) as tar:
+        assert sorted({m.name.rpartition(".")[0] for m in tar}) == kept
+    with pytest.raises(RuntimeError, match=f"lacks the image of kept pair {keys[3]}"):
+        write_final_tar(io.BytesIO(), [(f"{prefix}.tar", [keys[2], keys[3]], index)])
+    shifted = {key: (start + 512, end + 512) for key, (start, end) in index.items()}  # no header there
+    swapped = {**index, keys[0]: index[keys[1]]}  # another sample's header there
+    for wrong in (shifted, swapped):
+        with pytest.raises(RuntimeError, match=f"does not match its Parquet's tar index at pair {keys[0]}"):
+            write_final_tar(io.BytesIO(), [(f"{prefix}.tar", kept, wrong)])
+
+
 def test_final_shards_are_what_the_shard_writer_makes_of_the_candidates_rows(demo, tmp_path) -> None:
     """Reshard copies the kept samples' tar entries from the candidate shards as they are; the final shards are
     byte for byte what write_shard writes from the candidates' Parquet rows and images (as reshard once did)."""
@@ -535,7 +591,7 @@ def test_final_shards_are_what_the_shard_writer_makes_of_the_candidates_rows(dem
         records = rows_to_records([rows[key] for key in keys], extra)
         for record in records:
             record["image"] = images[record["key"]]
-        write_shard(str(tmp_path / final.stem), records, extra, "jpg", 0.0)
+        write_shard(str(tmp_path / final.stem), records, extra, "jpg", 0.0)  # as a final shard: no tar index
         assert (tmp_path / final.name).read_bytes() == final.read_bytes()
         assert (tmp_path / f"{final.stem}.parquet").read_bytes() == final.with_suffix(".parquet").read_bytes()
     assert shown_gap

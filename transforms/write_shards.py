@@ -96,7 +96,8 @@ class _WriteCandidate(beam.DoFn):
         for reason, count in Counter(r.get("reason") or "kept" for r in records).items():
             Metrics.counter("altsieve", f"reason.{reason}").inc(count)
         self._bytes_written.inc(sum(len(r.get("image") or b"") for r in records))
-        stats = write_shard(prefix, records, self._extra, self._format, started, {"partition_id": partition_id})
+        stats = write_shard(prefix, records, self._extra, self._format, started, {"partition_id": partition_id},
+                            indexed=True)
         if self._clip is not None:  # the CLIP embeddings of the kept pairs, before the marker like the rest
             embed_dim, weights_sha256 = self._clip
             path = prefix + EMBEDDINGS_SUFFIX

@@ -116,6 +116,11 @@ class TarWriter:
         self._written = 0
         self._kernel_copy = hasattr(os, "copy_file_range")  # Linux; elsewhere copy reads and writes
 
+    @property
+    def position(self) -> int:
+        """Bytes written so far: the offset of the next entry's first header."""
+        return self._written
+
     def add(self, name: str, payload: bytes) -> None:
         encoded = name.encode("utf-8")
         if len(encoded) <= 100 and encoded.isascii() and len(payload) < 8**11:
