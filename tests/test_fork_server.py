@@ -75,7 +75,11 @@ def _openblas_threads() -> int:
 
 class _WhoRanIt(beam.DoFn):
     def process(self, element: int):
-        yield element, os.getpid(), os.getppid(), _openblas_threads()
+        from altsieve.transforms import fetch, language
+
+        # What the stages' setup() loads, already loaded when the worker was forked (PRELOAD_CALLS): 1 and 1.
+        loaded = language._fasttext_predict.cache_info().currsize, fetch._default_ssl_context.cache_info().currsize
+        yield element, os.getpid(), os.getppid(), _openblas_threads(), *loaded
 
 
 def test_local_runner_workers_are_forked_by_the_fork_server(tmp_path: Path) -> None:
@@ -85,13 +89,15 @@ def test_local_runner_workers_are_forked_by_the_fork_server(tmp_path: Path) -> N
         _ = (p | beam.Create(list(range(40)), reshuffle=False) | beam.ParDo(_WhoRanIt())
              | beam.Map(lambda row: ",".join(map(str, row))) | beam.io.WriteToText(str(out)))
     rows = [line.split(",") for path in tmp_path.glob("who*") for line in path.read_text().splitlines()]
-    assert sorted(int(element) for element, _, _, _ in rows) == list(range(40))
+    assert sorted(int(element) for element, *_ in rows) == list(range(40))
     server = beam_worker._server
     assert server is not None and server.process.poll() is None  # kept for the next multi-process pass
-    assert {int(parent) for _, _, parent, _ in rows} == {server.process.pid}
-    assert os.getpid() not in {int(pid) for _, pid, _, _ in rows}
+    assert {int(parent) for _, _, parent, *_ in rows} == {server.process.pid}
+    assert os.getpid() not in {int(pid) for _, pid, *_ in rows}
     # One OpenBLAS thread in each worker (one worker per core already), unless the user set the count.
-    assert {int(threads) for _, _, _, threads in rows} == {int(os.environ.get("OPENBLAS_NUM_THREADS", "1"))}
+    assert {int(threads) for _, _, _, threads, *_ in rows} == {int(os.environ.get("OPENBLAS_NUM_THREADS", "1"))}
+    # The fastText model and the CA bundles came with the fork.
+    assert {(model, ssl_context) for *_, model, ssl_context in rows} == {("1", "1")}
     # A pass on one in-process worker stops it, and its socket folder goes with it; the server ends on its own.
     folder = server.folder
     single = beam_run.make_pipeline(["--direct_running_mode=in_memory"])

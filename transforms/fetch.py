@@ -272,7 +272,10 @@ def _media_type(value: str | None) -> str | None:
     return value.split(";", 1)[0].strip().lower() or None
 
 
+@functools.lru_cache(maxsize=1)
 def _default_ssl_context() -> ssl.SSLContext:
+    """The CA bundles loaded once per process (40 ms), shared by its fetchers (a context serves any number of
+    connections); the fork server loads it before it forks (preload)."""
     ctx = ssl.create_default_context()
     try:
         import certifi
@@ -282,6 +285,11 @@ def _default_ssl_context() -> ssl.SSLContext:
     except (ImportError, OSError):
         pass
     return ctx
+
+
+def preload() -> None:
+    """What a worker's fetcher loads, loaded in the fork server before it forks (beam_worker.PRELOAD_CALLS)."""
+    _default_ssl_context()
 
 
 _timeout_at: Callable[[float], Any] = getattr(asyncio, "timeout_at", None) or __import__("async_timeout").timeout_at

