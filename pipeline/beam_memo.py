@@ -39,7 +39,8 @@ STATE_SAMPLING_PERIOD_MS = 50
 
 
 def install() -> None:
-    """Remember both answers per object, in this process, from now on (idempotent)."""
+    """Remember both answers per object, and shorten the state sampler's sleep, in this process from now on
+    (idempotent)."""
     global _installed
     if _installed:
         return

@@ -63,8 +63,8 @@ def given_flags(beam_args: list[str] | None) -> set[str]:
 # with the fetcher (aiohttp), which the Download stage imports only at work: what a worker would otherwise import on
 # its own.
 PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "altsieve.pipeline.ingest", "altsieve.transforms.fetch")
-# Then what the stages' setup() would load in each worker, loaded once here: the fetcher's CA bundles (40 ms) and the
-# language stage's fastText model (30 ms). Each module's ``preload()``.
+# Then what the stages' setup() would load in each worker, loaded once here: the fetcher's CA bundles (39-44 ms) and
+# the language stage's fastText model (16-19 ms), each module's ``preload()``.
 PRELOAD_CALLS = ("altsieve.transforms.fetch", "altsieve.transforms.language")
 _STARTED = b"S"  # a forked worker's first byte to its client: from here on its status is the worker's
 _HEADER = struct.Struct("!I")

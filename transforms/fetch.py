@@ -274,7 +274,7 @@ def _media_type(value: str | None) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _default_ssl_context() -> ssl.SSLContext:
-    """The CA bundles loaded once per process (40 ms), shared by its fetchers (a context serves any number of
+    """The CA bundles loaded once per process (39-44 ms), shared by its fetchers (a context serves any number of
     connections); the fork server loads it before it forks (preload)."""
     ctx = ssl.create_default_context()
     try:
