@@ -34,6 +34,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,7 +177,8 @@ def main() -> None:
                     sim_after = server.cpu_seconds()
                 sim_cpu = sim_after - sim_before if sim_before is not None and sim_after is not None else None
                 rows[label].append((wall, cpu, images, sim_cpu))
-                print(f"repeat {repeat}: {label}: {images} images in {wall:.1f} s, {cpu:.1f} CPU-s"
+                print(f"repeat {repeat}: {label}: {images} images in {wall:.1f} s, {cpu:.1f} CPU-s,"
+                      f" {cpu / (cores() * wall):.3f} of its CPU ceiling"
                       f" (the simulated web: {_cpu_text(sim_cpu)} CPU-s)", flush=True)
                 shutil.rmtree(output, ignore_errors=True)
     finally:
@@ -193,6 +195,11 @@ def main() -> None:
         print(f"{label:<20}{images:>8}{wall:>9.1f}{rate:>10.1f}{per_image * 1000:>9.2f}ms{ceiling:>11.1f}"
               f"{rate / ceiling:>12.2f}{rate / baseline:>8.2f}{_cpu_text(sim_cpu):>11}{left:>15}")
     print(f"(altsieve run kept {kept[-1]} pairs after its rules and deduplication; images = fetched and decoded)")
+    if args.repeats > 1:  # the table shows each tool's fastest run; this machine's speed drifts between repeats
+        for label, runs in rows.items():
+            shares = sorted(cpu / (cores() * wall) for wall, cpu, _, _ in runs)
+            print(f"{label}: of its CPU ceiling over {len(runs)} repeats {shares[0]:.3f}-{shares[-1]:.3f}, "
+                  f"median {statistics.median(shares):.3f}")
 
 
 def _cpu_text(seconds: float | None) -> str:
