@@ -306,10 +306,7 @@ def _spans_from_index(source: IO[bytes], path: str, keys: list[str],
         span = index.get(key)
         if span is None:
             raise RuntimeError(f"candidate shard {path} lacks the image of kept pair {key}")
-        if spans and spans[-1][1] == span[0]:
-            spans[-1][1] = span[1]
-        else:
-            spans.append(list(span))
+        if _extend_runs(spans, *span):
             firsts.append(key)
     for (start, _), key in zip(spans, firsts, strict=True):  # one header a run: the index is this tar's
         source.seek(start)
@@ -332,13 +329,20 @@ def _spans_read_from(source: IO[bytes], path: str, wanted: set[str]) -> list[lis
             continue
         if extension in images:
             with_image.add(key)
-        if spans and spans[-1][1] == entry.start:
-            spans[-1][1] = entry.end
-        else:
-            spans.append([entry.start, entry.end])
+        _extend_runs(spans, entry.start, entry.end)
     if wanted - with_image:
         raise RuntimeError(f"candidate shard {path} lacks the image of kept pair {min(wanted - with_image)}")
     return spans
+
+
+def _extend_runs(runs: list[list[int]], start: int, end: int) -> bool:
+    """Bytes ``start`` to ``end`` added to ``runs``: the last run made longer when they follow it, else a new run
+    (True), so that adjacent entries are copied in one piece."""
+    if runs and runs[-1][1] == start:
+        runs[-1][1] = end
+        return False
+    runs.append([start, end])
+    return True
 
 
 def read_parquet_rows(path: str, columns: list[str] | None = None) -> list[dict[str, Any]]:
