@@ -135,19 +135,28 @@ def altsieve_images(output: Path) -> tuple[int, int]:
     return decoded, kept
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
+    """The simulated web's size and seed, the repeats and the image cache (bench_web_idle.py takes the same)."""
     parser.add_argument("--pages", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--cache", default=None, help="folder for the rendered images (default: a temp folder, kept)")
+
+
+def cache_folder(args: argparse.Namespace) -> Path:
+    return Path(args.cache or Path(tempfile.gettempdir()) / f"altsieve-websim-{args.seed}-{args.pages}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_simulation_arguments(parser)
     parser.add_argument("--per-host", type=int, default=None, metavar="N",
                         help="also run altsieve with a cap of N connections per host and worker that never grows")
     parser.add_argument("--time-scale", type=float, default=1.0, metavar="F",
                         help="every network time of the simulation and both tools' timeouts x F (default 1)")
     args = parser.parse_args()
 
-    cache = Path(args.cache or Path(tempfile.gettempdir()) / f"altsieve-websim-{args.seed}-{args.pages}")
+    cache = cache_folder(args)
     work = Path(tempfile.mkdtemp(prefix="altsieve-bench-web-"))
     input_path = work / "input.parquet"
     started = time.perf_counter()
