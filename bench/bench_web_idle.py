@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench_web import (  # bench/ is on sys.path for scripts run from here
+from _proc import descendants  # bench/_proc.py: scripts here run with bench/ on sys.path
+from bench_web import (
     SimServer,
     add_simulation_arguments,
     altsieve,
@@ -41,29 +42,20 @@ def busy_seconds() -> float:
 
 
 def process_tree(root: int) -> dict[int, tuple[str, float]]:
-    """``root`` and its descendants: pid -> (role, CPU-seconds so far). Walks /proc/PID/task/*/children from
-    ``root`` (a handful of reads) rather than listing every process of the machine: the sampler's own CPU counts
-    as busy, so it must stay small."""
-    found: dict[int, tuple[str, float, int | None]] = {}  # pid -> (command, CPU-s, parent)
-    pending: list[tuple[int, int | None]] = [(root, None)]
-    while pending:
-        pid, parent = pending.pop()
+    """``root`` and its descendants: pid -> (role, CPU-seconds so far)."""
+    found: dict[int, tuple[str, float]] = {}  # pid -> (command, CPU-s)
+    tree = descendants(root)
+    for pid in tree:
         try:
             with open(f"/proc/{pid}/stat") as handle:
                 fields = handle.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 command = handle.read().replace(b"\0", b" ").decode(errors="replace")
-            children = []
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as handle:
-                    children += [int(child) for child in handle.read().split()]
         except (FileNotFoundError, ProcessLookupError):  # it ended while being read
             continue
-        found[pid] = (command, (int(fields[11]) + int(fields[12])) / TICKS, parent)
-        pending += [(child, pid) for child in children]
-    parent_commands = {pid: command for pid, (command, _, _) in found.items()}
-    return {pid: (_role(pid == root, parent_commands.get(parent or 0, ""), command), cpu)
-            for pid, (command, cpu, parent) in found.items()}
+        found[pid] = (command, (int(fields[11]) + int(fields[12])) / TICKS)
+    return {pid: (_role(pid == root, found.get(tree[pid] or 0, ("", 0.0))[0], command), cpu)
+            for pid, (command, cpu) in found.items()}
 
 
 def _role(is_root: bool, parent_command: str, command: str) -> str:
