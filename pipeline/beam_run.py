@@ -74,6 +74,7 @@ def pipeline_options(beam_args: list[str], workers: int | None = None) -> Pipeli
 def make_pipeline(beam_args: list[str], workers: int | None = None) -> beam.Pipeline:
     """A pipeline on the runner ``beam_args`` name, or on the local FnApiRunner (see the module's docstring)."""
     beam_memo.install()  # where the CLI has not (altsieve used as a library)
+    beam_worker.resume_collection()  # the command's imports are done (launch.entry deferred collection)
     remove_dead_runs_temp_folders()
     return _with_own_temp_folder(_make_pipeline(beam_args, workers))
 

@@ -388,7 +388,15 @@ def main(argv: list[str] | None = None) -> int:
         return problem.exit_code
 
 
+# The commands that run no Beam pipeline: garbage collection, deferred over the imports (launch.entry), resumes at once.
+NO_PIPELINE_COMMANDS = ("audit", "recipes", "serve-testcorpus")
+
+
 def _dispatch(args: argparse.Namespace, beam_args: list[str]) -> int:
+    if args.command in NO_PIPELINE_COMMANDS:
+        from altsieve.pipeline.beam_worker import resume_collection
+
+        resume_collection()
     if args.command == "audit":
         if beam_args:  # audit runs no Beam pipeline: an unknown flag is a mistake, not a Beam option
             raise ConfigError(f"unknown option {beam_args[0]} for altsieve audit (see altsieve audit --help)")

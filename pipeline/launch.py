@@ -14,6 +14,7 @@ import sys
 def entry() -> None:
     from altsieve.pipeline import beam_worker
 
+    beam_worker.defer_collection()  # until the first pipeline (beam_run.make_pipeline): see beam_worker
     beam_worker.prestart_for_command_line(sys.argv[1:])
     from altsieve.pipeline import cli
 

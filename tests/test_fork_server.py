@@ -8,6 +8,7 @@ that then runs in one process is stopped; nothing is left in the temp folder.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -79,7 +80,8 @@ class _WhoRanIt(beam.DoFn):
 
         # What the stages' setup() loads, already loaded when the worker was forked (PRELOAD_CALLS): 1 and 1.
         loaded = language._fasttext_predict.cache_info().currsize, fetch._default_ssl_context.cache_info().currsize
-        yield element, os.getpid(), os.getppid(), _openblas_threads(), *loaded
+        collection = int(gc.isenabled()), gc.get_threshold()[0], gc.get_freeze_count()
+        yield element, os.getpid(), os.getppid(), _openblas_threads(), *collection, *loaded
 
 
 def test_local_runner_workers_are_forked_by_the_fork_server(tmp_path: Path) -> None:
@@ -98,6 +100,10 @@ def test_local_runner_workers_are_forked_by_the_fork_server(tmp_path: Path) -> N
     assert {int(threads) for _, _, _, threads, *_ in rows} == {int(os.environ.get("OPENBLAS_NUM_THREADS", "1"))}
     # The fastText model and the CA bundles came with the fork.
     assert {(model, ssl_context) for *_, model, ssl_context in rows} == {("1", "1")}
+    # Collection on, its youngest generation at the workers' threshold, the server's imports frozen before the fork.
+    collection = {(int(enabled), int(threshold)) for _, _, _, _, enabled, threshold, *_ in rows}
+    assert collection == {(1, beam_worker.WORKER_GC_THRESHOLD)}
+    assert min(int(row[6]) for row in rows) > 50_000
     # A pass on one in-process worker stops it, and its socket folder goes with it; the server ends on its own.
     folder = server.folder
     single = beam_run.make_pipeline(["--direct_running_mode=in_memory"])
@@ -230,3 +236,33 @@ def test_python_dash_m_altsieve_is_the_altsieve_command() -> None:
     result = subprocess.run([sys.executable, "-m", "altsieve", "--version"], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("altsieve "), result.stderr[-2000:]
+
+
+def test_collection_waits_for_the_imports_of_a_command_that_defers_it() -> None:
+    # launch.entry defers collection; the first pipeline (make_pipeline) resumes it, what the imports made frozen.
+    script = (
+        "import gc\n"
+        "from altsieve.pipeline import beam_worker\n"
+        "beam_worker.defer_collection()\n"
+        "assert not gc.isenabled()\n"
+        "from altsieve.pipeline import beam_run\n"
+        "assert not gc.isenabled() and gc.get_freeze_count() == 0\n"
+        "import shutil\n"
+        "pipeline = beam_run.make_pipeline(['--direct_running_mode=in_memory'])\n"
+        "shutil.rmtree(pipeline.local_tempdir)\n"
+        "assert gc.isenabled() and gc.get_freeze_count() > 50_000, gc.get_freeze_count()\n"
+        "frozen = gc.get_freeze_count()\n"
+        "pipeline = beam_run.make_pipeline(['--direct_running_mode=in_memory'])\n"
+        "shutil.rmtree(pipeline.local_tempdir)\n"
+        "assert gc.get_freeze_count() == frozen  # once only\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_process_that_did_not_defer_collection_keeps_it_as_it_was() -> None:
+    # altsieve as a library (a test, a notebook): making a pipeline neither freezes nor switches anything.
+    frozen, enabled = gc.get_freeze_count(), gc.isenabled()
+    pipeline = beam_run.make_pipeline(["--direct_running_mode=in_memory"])
+    shutil.rmtree(pipeline.local_tempdir)
+    assert (gc.get_freeze_count(), gc.isenabled()) == (frozen, enabled)
