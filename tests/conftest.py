@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import glob
+import os
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
 from altsieve.testcorpus.generator import TestCorpus, generate_corpus
 from altsieve.testcorpus.server import CorpusServer
+
+# What Beam's job servers leave in the temp folder when they are not stopped: a bare ``beam.Pipeline()`` (the
+# DirectRunner) starts the Prism runner's, which offline fails to download its binary and is never stopped.
+_JOB_SERVER_TEMP = os.path.join(tempfile.gettempdir(), "beam-temp*")
+
+
+@pytest.fixture(autouse=True)
+def _no_beam_job_server_temporaries():
+    """A test leaves no Beam job-server folder behind (a run leaves no temporaries; the tests' own pipelines run
+    on the local runner altsieve names, not the DirectRunner's download of Prism)."""
+    before = set(glob.glob(_JOB_SERVER_TEMP))
+    yield
+    left = set(glob.glob(_JOB_SERVER_TEMP)) - before
+    assert not left, f"left in the temp folder: {sorted(left)}"
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,7 @@ from altsieve.transforms.clip import store as clip_store  # noqa: E402
 from altsieve.transforms.clip.model import ClipModelError, ClipScorer, ClipSpec  # noqa: E402
 from altsieve.transforms.imageops import process_image  # noqa: E402
 from tests import test_end_to_end as e2e  # noqa: E402
+from tests.local_runner import local_pipeline
 
 # Where the demo recipe's threshold applies: the languages the tiny model was trained on.
 THRESHOLDED = ("en", "zh")
@@ -189,7 +190,7 @@ def test_stage_scores_in_batches_with_a_bucket_model_of_its_own(tiny) -> None:
     config = load_config("demo", [{"clip": {"batch_size": 3, "per_language": {
         "en": {"min_score": 0.5}, "zh": {"model": clip_model.TINY_MODEL, "pretrained": "random", "min_score": None}}}}])
     _COLLECTED.clear()
-    with beam.Pipeline() as pipeline:
+    with local_pipeline() as pipeline:
         scored = pipeline | beam.Create(records) | clip_stage.ClipScore(config)
         scored | beam.Map(_collect)
     out = list(_COLLECTED)

@@ -1,6 +1,6 @@
 """Deduplication against the truth: planted duplicates of the test corpus, synthetic embeddings and captions.
 
-The rules run as the select pass runs them (Beam DirectRunner, chained by the select pass's
+The rules run as the select pass runs them (Beam's FnApiRunner in one process, chained by the select pass's
 survivors join) on metadata rows computed from the images the test server would serve
 (``process_image`` gives the same sha256 and pHash as the ingest pass), and their drops are
 checked against the truth table's ``duplicate_of``. One test goes through ``run_select`` itself.
@@ -40,6 +40,7 @@ from altsieve.pipeline.select import chain_rules, corpus_rules, run_select
 from altsieve.testcorpus.generator import TestCorpus, generate_corpus
 from altsieve.transforms import shards
 from altsieve.transforms.imageops import hamming64, phash_to_int64, process_image
+from tests.local_runner import local_pipeline
 
 PLANTED = ("exact_duplicate", "near_dup_reencoded", "near_dup_resized", "near_dup_cropped", "near_dup_brightened")
 ROWS_PER_PARTITION = 50
@@ -59,14 +60,14 @@ def partition_of(pair_id: int) -> str:
 
 def run_rules(rules: list[tuple[str, CorpusRule]], rows: list[dict[str, Any]], tmp_path: Path,
               extra: Any = None) -> list[tuple[str, tuple[str, str, str | None]]]:
-    """The drops of ``rules`` chained on ``rows`` (each sees the survivors of the ones before), DirectRunner."""
+    """The drops of ``rules`` chained on ``rows`` (each sees the survivors of the ones before), on the local runner."""
     result = tmp_path / f"drops-{len(list(tmp_path.iterdir()))}.pkl"
 
     def save(items: list) -> None:
         with open(result, "wb") as handle:
             pickle.dump(items, handle)
 
-    with beam.Pipeline() as pipeline:
+    with local_pipeline() as pipeline:
         all_drops, _ = chain_rules(pipeline | "Rows" >> beam.Create(rows), rules)
         _ = all_drops | beam.Flatten() | beam.combiners.ToList() | beam.Map(save)
     with open(result, "rb") as handle:
@@ -309,7 +310,7 @@ def test_rounds_and_the_rest_agree_with_the_loop(rounds, tmp_path) -> None:
     def save(items: list) -> None:
         result.write_bytes(pickle.dumps(items))
 
-    with beam.Pipeline() as pipeline:
+    with local_pipeline() as pipeline:
         _ = (pipeline | beam.Create(edge_rows) | GreedyResolve("duplicate_test", rounds)
              | beam.combiners.ToList() | beam.Map(save))
     got = sorted((key, partition_id, duplicate_of) for partition_id, (key, _, duplicate_of) in pickle.loads(
@@ -378,7 +379,7 @@ def test_exact_url_and_url_caption(tmp_path) -> None:
         patch.setattr(ExactDuplicateFilter, "drops_and_survivors", CorpusRule.drops_and_survivors)
         assert by_key(run_rules(exact_rules(sha256=True, url=True, url_caption=True), rows, tmp_path)) == expected
     kept = tmp_path / "kept.txt"
-    with beam.Pipeline() as pipeline:
+    with local_pipeline() as pipeline:
         _, survivors = chain_rules(pipeline | beam.Create(rows), exact_rules(sha256=True, url=True, url_caption=True))
         _ = survivors | beam.Map(lambda row: row["key"]) | beam.combiners.ToList() | beam.Map(
             lambda keys: kept.write_text(",".join(sorted(keys))))

@@ -34,6 +34,7 @@ from altsieve.pipeline.reshard import run_reshard
 from altsieve.pipeline.select import run_select
 from altsieve.testcorpus.generator import generate_corpus
 from altsieve.testcorpus.server import CorpusServer
+from tests.local_runner import local_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +373,7 @@ def test_progress_counts_pairs_per_partition_as_they_go(tmp_path) -> None:
     records = [{"key": f"{i:03d}", "partition_id": "p0", "partition_size": 40} for i in range(40)]
     records += [{"key": f"{i:03d}", "partition_id": "p1", "partition_size": 3} for i in range(3)]
     with Progress("test", str(tmp_path), "ingest", total=43) as progress:
-        with beam.Pipeline() as pipeline:
+        with local_pipeline() as pipeline:
             _ = pipeline | beam.Create(records) | CountRecords(str(tmp_path), "ingest")
         totals = ProgressReader(str(tmp_path), "ingest").totals()
         assert (totals["pairs"], totals["items"], totals["done"]) == (43, 2, 2)

@@ -1,4 +1,4 @@
-"""The whole pipeline through Beam's portable path: the same output as the DirectRunner.
+"""The whole pipeline through Beam's portable path: the same output as the local runner (FnApiRunner).
 
 Beam's own Python job service and an external worker pool on loopback stand in for Flink, Spark
 or Dataflow: the pipeline is turned into a proto, staged, and run by SDK harnesses over gRPC in

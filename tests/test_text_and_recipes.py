@@ -49,6 +49,7 @@ from altsieve.testcorpus.generator import BOILERPLATE_CAPTIONS, TestCorpus, gene
 from altsieve.testcorpus.server import CorpusServer
 from altsieve.transforms.language import LanguageTagger, script_shares
 from altsieve.transforms.text_rules import TextCuration
+from tests.local_runner import local_pipeline
 
 
 def text_rules(text: TextRulesConfig) -> RuleSet:
@@ -287,7 +288,7 @@ def test_english_names_after_a_title_and_listed_names(tmp_path) -> None:
 
 
 def _run_rule(rule: beam.PTransform, rows: list[dict[str, Any]], expected: list[Any]) -> None:
-    with beam.Pipeline() as pipeline:
+    with local_pipeline() as pipeline:
         drops = pipeline | beam.Create(rows) | rule
         assert_that(drops, equal_to(expected))
 
