@@ -270,7 +270,7 @@ def serve(listener_fd: int) -> None:
         with contextlib.suppress(Exception):
             importlib.import_module(module).preload()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle; it then closes stdin
-    gc.freeze()  # what the imports made is never collected: a worker's collections then leave those pages shared
+    # What the imports made is frozen (never collected): a worker's collections then leave those pages shared.
     resume_collection()
     workers: set[int] = set()
     while True:

@@ -45,6 +45,13 @@ def _imported_beam(importtime_log: str) -> bool:
     return any(line.startswith("import time:") and "apache_beam" in line for line in importtime_log.splitlines())
 
 
+def _run_script(script: str) -> subprocess.CompletedProcess:
+    """``script`` in a fresh Python process (its imports and collector its own), which must succeed."""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 def _wait_until(condition, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -101,9 +108,9 @@ def test_local_runner_workers_are_forked_by_the_fork_server(tmp_path: Path) -> N
     # The fastText model and the CA bundles came with the fork.
     assert {(model, ssl_context) for *_, model, ssl_context in rows} == {("1", "1")}
     # Collection on, its youngest generation at the workers' threshold, the server's imports frozen before the fork.
-    collection = {(int(enabled), int(threshold)) for _, _, _, _, enabled, threshold, *_ in rows}
+    collection = {(int(enabled), int(threshold)) for _, _, _, _, enabled, threshold, _, _, _ in rows}
     assert collection == {(1, beam_worker.WORKER_GC_THRESHOLD)}
-    assert min(int(row[6]) for row in rows) > 50_000
+    assert min(int(frozen) for *_, frozen, _, _ in rows) > 50_000
     # A pass on one in-process worker stops it, and its socket folder goes with it; the server ends on its own.
     folder = server.folder
     single = beam_run.make_pipeline(["--direct_running_mode=in_memory"])
@@ -206,8 +213,7 @@ def test_beam_and_the_stages_load_without_pandas_pymongo_or_bigquery_which_stay_
         "from apache_beam.io.gcp.bigquery import WriteToBigQuery\n"
         "print(pandas.DataFrame({'a': [1]}).shape, pymongo.ASCENDING, WriteToBigQuery.__name__)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _run_script(script)
     assert result.stdout.strip() == "(1, 1) 1 WriteToBigQuery"
     assert "bson" not in result.stderr  # mongodbio's warning that it found none: ours to expect, not the user's
 
@@ -256,8 +262,7 @@ def test_collection_waits_for_the_imports_of_a_command_that_defers_it() -> None:
         "shutil.rmtree(pipeline.local_tempdir)\n"
         "assert gc.get_freeze_count() == frozen  # once only\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _run_script(script)
 
 
 def test_a_process_that_did_not_defer_collection_keeps_it_as_it_was() -> None:
